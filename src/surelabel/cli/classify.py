@@ -1,0 +1,87 @@
+"""``surelabel classify``: label every row of an input file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from tqdm import tqdm
+
+from surelabel.classifier import Classifier
+from surelabel.cli.common import (
+    add_backend_args,
+    add_task_args,
+    add_threshold_args,
+    backend_from,
+    task_from,
+    thresholds_from,
+)
+from surelabel.io import JsonlWriter, format_table, read_rows
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "classify",
+        help="classify the rows of a file (or stdin) and write one JSON record per row",
+        description="Classify every row and write one JSON record per row, in input order.",
+    )
+    add_task_args(p)
+    p.add_argument("input", nargs="?", default="-",
+                   help="JSONL, CSV (with header) or plain text lines; default: stdin")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="write JSONL records here (default: stdout)")
+    p.add_argument("--format", choices=("jsonl", "table"), default="jsonl",
+                   help="stdout format when no --output is given, or in addition to it")
+    p.add_argument("--input-format", choices=("jsonl", "csv", "lines"),
+                   help="input format (default: from the file suffix or content)")
+    p.add_argument("--text-field", default="text", metavar="NAME",
+                   help="field or column holding the text (default: text)")
+    p.add_argument("--method", default="auto",
+                   help="confidence method: auto (best the backend allows), exact, seed")
+    p.add_argument("--no-reason", action="store_true",
+                   help="skip generating a reason (faster)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_threshold_args(p)
+    add_backend_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    task = task_from(args)
+    thresholds = thresholds_from(args, task)
+    rows = read_rows(args.input, text_field=args.text_field, fmt=args.input_format)
+    backend = backend_from(args)
+    classifier = Classifier(
+        task,
+        backend,
+        method=args.method,
+        reason=False if args.no_reason else None,
+        thresholds=thresholds,
+    )
+    to_stdout_jsonl = args.output is None and args.format == "jsonl"
+    writer = JsonlWriter(args.output) if args.output or to_stdout_jsonl else None
+    table_rows: list[dict[str, Any]] = []
+    bar = tqdm(total=len(rows), file=sys.stderr, disable=args.quiet, delay=2.0,
+               unit="item", dynamic_ncols=True)
+    try:
+        for row in rows:
+            record = classifier.classify_one(row.text, row.id).to_dict()
+            if writer is not None:
+                writer.write(record)
+            if args.format == "table":
+                table_rows.append(record)
+            bar.update(1)
+    except KeyboardInterrupt:
+        bar.close()
+        done = writer.count if writer is not None else len(table_rows)
+        print(f"surelabel: interrupted after {done} of {len(rows)} rows; "
+              "the output holds every completed row", file=sys.stderr)
+        return 130
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    if args.format == "table":
+        print(format_table(table_rows))
+    return 0

@@ -1,0 +1,114 @@
+"""Label distributions: every label's probability, and the summary figures drawn from it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+def logsumexp(values: Sequence[float]) -> float:
+    finite = [v for v in values if v != -math.inf]
+    if not finite:
+        return -math.inf
+    m = max(finite)
+    return m + math.log(sum(math.exp(v - m) for v in finite))
+
+
+@dataclass(frozen=True)
+class LabelDistribution:
+    """The probability of every label for one item.
+
+    Attributes
+    ----------
+    labels:
+        Label names, in task order.
+    probabilities:
+        Normalized over the labels; sums to 1.
+    logprobs:
+        Un-normalized log-probability of each label's complete answer, where measured
+        (``None`` for a label whose probability is only bounded, see ``unseen``).
+    label_mass:
+        Total probability the model put on the allowed labels before normalization, in
+        (0, 1]; ``None`` where it cannot be measured. Low mass means the model wanted to
+        answer something else.
+    unseen:
+        Labels whose probability was not observed (top-k APIs) and is an upper bound.
+    """
+
+    labels: tuple[str, ...]
+    probabilities: tuple[float, ...]
+    logprobs: tuple[float | None, ...] | None = None
+    label_mass: float | None = None
+    unseen: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.labels) != len(self.probabilities):
+            raise ValueError("labels and probabilities differ in length")
+        if len(self.labels) < 2:
+            raise ValueError("a distribution needs at least 2 labels")
+
+    @classmethod
+    def from_logprobs(cls, labels: Sequence[str], logprobs: Sequence[float]) -> LabelDistribution:
+        """Normalize joint log-probabilities of complete label answers."""
+        total = logsumexp(logprobs)
+        if total == -math.inf:
+            raise ValueError("every label has probability 0")
+        probs = tuple(math.exp(lp - total) for lp in logprobs)
+        return cls(
+            labels=tuple(labels),
+            probabilities=probs,
+            logprobs=tuple(float(lp) for lp in logprobs),
+            label_mass=min(1.0, math.exp(total)),
+        )
+
+    @classmethod
+    def from_probabilities(
+        cls, probabilities: Mapping[str, float], **kwargs: object
+    ) -> LabelDistribution:
+        total = sum(probabilities.values())
+        if total <= 0:
+            raise ValueError("probabilities sum to 0")
+        return cls(
+            labels=tuple(probabilities),
+            probabilities=tuple(p / total for p in probabilities.values()),
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(zip(self.labels, self.probabilities))
+
+    @property
+    def _order(self) -> list[int]:
+        return sorted(range(len(self.labels)), key=lambda i: -self.probabilities[i])
+
+    @property
+    def label(self) -> str:
+        """The most probable label (first in task order on ties)."""
+        return self.labels[self._order[0]]
+
+    @property
+    def confidence(self) -> float:
+        """Probability of the most probable label."""
+        return self.probabilities[self._order[0]]
+
+    @property
+    def margin(self) -> float:
+        """Top-1 minus top-2 probability."""
+        order = self._order
+        return self.probabilities[order[0]] - self.probabilities[order[1]]
+
+    @property
+    def entropy(self) -> float:
+        """Shannon entropy in nats."""
+        return -sum(p * math.log(p) for p in self.probabilities if p > 0)
+
+    def with_probabilities(self, probabilities: Sequence[float]) -> LabelDistribution:
+        """The same distribution with replaced (e.g. calibrated) probabilities."""
+        return LabelDistribution(
+            labels=self.labels,
+            probabilities=tuple(float(p) for p in probabilities),
+            logprobs=self.logprobs,
+            label_mass=self.label_mass,
+            unseen=self.unseen,
+        )
