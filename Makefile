@@ -1,0 +1,46 @@
+# One task runner. `make demo` and `make test` work on a fresh machine: they create .venv,
+# build llama-cpp-python portable (once, cached in ~/.cache/surelabel/wheels) and install.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+EXTRAS := local,dev,openai,eval,server
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml scripts/build-llama.sh 2>/dev/null | sha256sum | cut -c1-12)
+
+.PHONY: install demo test test-slow test-all lint bench bench-quality clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/build-llama.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	wheels=$$(PYTHON=$(PY) bash scripts/build-llama.sh) && \
+	  $(PY) -m pip install -q "$$wheels"/llama_cpp_python-*.whl
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -c "import llama_cpp, surelabel"
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: install
+	$(VENV)/bin/surelabel classify examples/fruit_veg_herb.yaml examples/fruit_veg_herb_items.jsonl --format table
+	$(VENV)/bin/surelabel classify examples/pineapple.yaml examples/pineapple_items.jsonl --format table
+
+test: install
+	$(PY) -m pytest -m "not slow" -q
+
+test-slow: install
+	$(PY) -m pytest -m slow -q || [ $$? -eq 5 ]
+
+test-all: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) bench/bench_classify.py --rows 200
+
+bench-quality: install
+	$(PY) bench/bench_quality.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
