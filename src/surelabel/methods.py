@@ -8,6 +8,13 @@
   character offsets). It measures only the chosen label; the remaining probability is
   spread evenly over the other labels so the record keeps its shape.
 
+- ``topk``: for APIs. One temperature-0 request per item with ``top_logprobs``; every
+  label's probability is read from the alternatives at the label value's tokens
+  (:mod:`surelabel.topk`); labels not seen there get a documented upper bound.
+- ``sampling``: for servers without logprobs. ``n`` answers at a temperature (default 5 at
+  0.7); probabilities are vote shares with add-one smoothing, ``confidence_source:
+  "sampling"``. Never a made-up number.
+
 The pipeline picks a method from the backend's declared capabilities (:func:`resolve`).
 """
 
@@ -149,11 +156,151 @@ def seed(backend: Backend, task: Task, text: str, want_reason: bool) -> MethodRe
     return MethodResult(distribution=dist, reason=reason, warnings=warnings, info=info)
 
 
-METHODS: dict[str, Method] = {"exact": exact, "seed": seed}
+def _answer_schema(task: Task, want_reason: bool) -> dict[str, Any]:
+    schema = prompt.json_schema(task)
+    if not want_reason:
+        schema["properties"].pop("reason", None)
+        schema["required"] = [k for k in schema["required"] if k != "reason"]
+    return schema
+
+
+def _reason(text: str, want_reason: bool) -> str | None:
+    if not want_reason:
+        return None
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    reason = parsed.get("reason") if isinstance(parsed, dict) else None
+    return prompt.trim_reason(reason) if isinstance(reason, str) else None
+
+
+def topk(backend: Backend, task: Task, text: str, want_reason: bool) -> MethodResult:
+    """Every label's probability from the top-k alternatives of one generated answer."""
+    from surelabel import topk as reader
+
+    caps = backend.capabilities
+    gen = backend.generate(
+        prompt.messages(task, text),
+        schema=_answer_schema(task, want_reason),
+        max_tokens=SEED_MAX_TOKENS,
+        top_logprobs=caps.max_top_logprobs,
+    )
+    if not gen.tokens and caps.sampling:
+        result = sampling(backend, task, text, want_reason)
+        note = "the server returned no logprobs; used sampling"
+        return MethodResult(
+            result.distribution, result.per_label, result.reason,
+            (note, *result.warnings), result.info,
+        )
+    info: dict[str, Any] = {
+        "confidence_source": "logprobs",
+        "response_format": gen.info.get("response_format"),
+        "usage": gen.usage,
+    }
+    warnings = list(gen.info.get("warnings", ()))
+    if task.kind == "multilabel":
+        per_label = {}
+        for name in task.label_names:
+            r = reader.read_value(gen, [task.field, name], {"true": True, "false": False})
+            per_label[name] = r.distribution
+            warnings.extend(f"{name}: {w}" for w in r.warnings)
+        return MethodResult(per_label=per_label, reason=_reason(gen.text, want_reason),
+                            warnings=tuple(warnings), info=info)
+    values = {name: prompt.label_value(task, name) for name in task.label_names}
+    r = reader.read_value(gen, [task.field], values)
+    warnings.extend(r.warnings)
+    if r.value not in values.values() and r.value not in values:
+        warnings.append(f"model answered {r.value!r}, not a label; distribution from top-k")
+    info["chosen_logprob"] = round(r.chosen_logprob, 6)
+    if r.bounded:
+        info["upper_bound_labels"] = list(r.bounded)
+    return MethodResult(distribution=r.distribution, reason=_reason(gen.text, want_reason),
+                        warnings=tuple(warnings), info=info)
+
+
+SAMPLES = 5
+SAMPLING_TEMPERATURE = 0.7
+
+
+def sampling(backend: Backend, task: Task, text: str, want_reason: bool) -> MethodResult:
+    """Self-consistency: vote shares of ``n`` sampled answers, add-one smoothed.
+
+    ``n`` and the temperature come from the backend's ``samples`` and
+    ``sampling_temperature`` attributes when it has them (default 5 at 0.7). Answers that
+    are not valid JSON or name no label count for no label; ``label_mass`` is the share of
+    answers that named one.
+    """
+    n = int(getattr(backend, "samples", SAMPLES))
+    temperature = float(getattr(backend, "sampling_temperature", SAMPLING_TEMPERATURE))
+    sample = backend.sample  # type: ignore[attr-defined]
+    gens: list[Generation] = sample(
+        prompt.messages(task, text), n=n, temperature=temperature,
+        schema=_answer_schema(task, want_reason), max_tokens=SEED_MAX_TOKENS,
+    )
+    usage: dict[str, int] = {}
+    for g in gens:
+        for k, v in g.usage.items():
+            usage[k] = usage.get(k, 0) + v
+    info: dict[str, Any] = {
+        "confidence_source": "sampling",
+        "samples": n,
+        "response_format": gens[0].info.get("response_format") if gens else None,
+        "usage": usage,
+    }
+    answers: list[dict[str, Any]] = []
+    for g in gens:
+        try:
+            parsed = json.loads(g.text)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(parsed, dict):
+            answers.append(parsed)
+
+    def share(labels: tuple[str, ...], votes: list[str]) -> LabelDistribution:
+        counts = [votes.count(name) for name in labels]
+        probs = tuple((c + 1) / (len(votes) + len(labels)) for c in counts)
+        return LabelDistribution(labels, probs, label_mass=len(votes) / n if n else None)
+
+    warnings: tuple[str, ...] = ()
+    if len(answers) < n:
+        warnings = (f"{n - len(answers)} of {n} samples were not valid JSON",)
+    if task.kind == "multilabel":
+        per_label = {}
+        for name in task.label_names:
+            votes = []
+            for a in answers:
+                value = a.get(task.field, {})
+                if isinstance(value, dict) and isinstance(value.get(name), bool):
+                    votes.append("true" if value[name] else "false")
+            per_label[name] = share(BINARY, votes)
+        reason = next((_reason(g.text, want_reason) for g in gens), None)
+        return MethodResult(per_label=per_label, reason=reason, warnings=warnings, info=info)
+    votes = []
+    for a in answers:
+        try:
+            votes.append(_value_label(task, a.get(task.field)))
+        except OffSchemaError:
+            continue
+    dist = share(task.label_names, votes)
+    reason = None
+    for g in gens:
+        try:
+            if _value_label(task, json.loads(g.text).get(task.field)) == dist.label:
+                reason = _reason(g.text, want_reason)
+                break
+        except (OffSchemaError, json.JSONDecodeError, AttributeError):
+            continue
+    return MethodResult(distribution=dist, reason=reason, warnings=warnings, info=info)
+
+
+METHODS: dict[str, Method] = {"exact": exact, "seed": seed, "topk": topk, "sampling": sampling}
 # What each method needs from a backend.
 REQUIRES: dict[str, Callable[[Capabilities], bool]] = {
     "exact": lambda c: c.exact_scoring,
     "seed": lambda c: c.logprobs,
+    "topk": lambda c: c.logprobs,
+    "sampling": lambda c: c.sampling,
 }
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from surelabel.backends.base import Backend, Capabilities, Generation, ScoreResult, TokenLogprob
 from surelabel.errors import UserError
 
-BACKENDS = ("llamacpp",)
+BACKENDS = ("llamacpp", "openai")
 
 
 def make_backend(name: str = "llamacpp", **options: Any) -> Backend:
@@ -16,6 +16,10 @@ def make_backend(name: str = "llamacpp", **options: Any) -> Backend:
         from surelabel.backends.llamacpp import LlamaCppBackend
 
         return LlamaCppBackend(options.pop("model", None), **options)
+    if name == "openai":
+        from surelabel.backends.openai import OpenAIBackend
+
+        return OpenAIBackend(options.pop("model", None), **options)
     raise UserError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
 
 

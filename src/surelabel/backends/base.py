@@ -9,6 +9,8 @@ A backend turns chat messages into token log-probabilities. It declares its
 - ``max_top_logprobs``: how many alternatives per generated token it reports (0: none).
 - ``assistant_prefix``: generation can continue a given start of the assistant's answer.
 - ``json_schema``: generation can be constrained to a JSON schema.
+- ``sampling``: the backend can draw samples at a temperature (``sample(messages, n=,
+  temperature=, schema=, max_tokens=)``), for self-consistency where logprobs are missing.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class Capabilities:
     max_top_logprobs: int = 0
     assistant_prefix: bool = False
     json_schema: bool = False
+    sampling: bool = False
 
     @property
     def logprobs(self) -> bool:

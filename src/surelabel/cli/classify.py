@@ -8,6 +8,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from surelabel.batch import classify_ordered, resume_output
 from surelabel.classifier import Classifier
 from surelabel.cli.common import (
     add_backend_args,
@@ -38,10 +39,14 @@ def register(sub: Any) -> None:
     p.add_argument("--text-field", default="text", metavar="NAME",
                    help="field or column holding the text (default: text)")
     p.add_argument("--method", default="auto",
-                   help="confidence method: auto (best the backend allows), exact, seed")
+                   help="confidence method: auto (best the backend allows), exact, seed, "
+                        "topk (API logprobs), sampling (API without logprobs)")
     p.add_argument("--no-reason", action="store_true",
                    help="skip generating a reason (faster)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start the output file afresh (default: resume it, classifying "
+                        "only the rows it does not hold yet)")
     add_threshold_args(p)
     add_backend_args(p)
     p.set_defaults(func=run)
@@ -60,13 +65,22 @@ def run(args: argparse.Namespace) -> int:
         thresholds=thresholds,
     )
     to_stdout_jsonl = args.output is None and args.format == "jsonl"
-    writer = JsonlWriter(args.output) if args.output or to_stdout_jsonl else None
+    resumed = 0
+    if args.output and args.output != "-" and not args.overwrite:
+        resumed = resume_output(args.output, rows)
+        if resumed and not args.quiet:
+            print(f"surelabel: resuming {args.output}: {resumed} of {len(rows)} rows done",
+                  file=sys.stderr)
+    writer = (JsonlWriter(args.output, append=resumed > 0)
+              if args.output or to_stdout_jsonl else None)
     table_rows: list[dict[str, Any]] = []
-    bar = tqdm(total=len(rows), file=sys.stderr, disable=args.quiet, delay=2.0,
-               unit="item", dynamic_ncols=True)
+    bar = tqdm(total=len(rows), initial=resumed, file=sys.stderr, disable=args.quiet,
+               delay=2.0, unit="item", dynamic_ncols=True)
+    # Backends that run requests in parallel say how many (the API's --concurrency).
+    workers = int(getattr(backend, "concurrency", 1))
     try:
-        for row in rows:
-            record = classifier.classify_one(row.text, row.id).to_dict()
+        for result in classify_ordered(classifier, rows[resumed:], workers):
+            record = result.to_dict()
             if writer is not None:
                 writer.write(record)
             if args.format == "table":

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from surelabel.backends import BACKENDS, Backend, make_backend
+from surelabel.errors import UserError
 from surelabel.task import Task, Thresholds, load_task
 
 
@@ -18,11 +20,34 @@ def add_backend_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--backend", choices=BACKENDS, default="llamacpp",
                        help="where the model runs (default: llamacpp, the embedded model)")
     group.add_argument("--model", metavar="PATH",
-                       help="GGUF file for llamacpp (default: embedded SmolLM2-135M-Instruct)")
+                       help="GGUF file for llamacpp (default: embedded SmolLM2-135M-Instruct); "
+                            "model name for openai (default: the first the server lists)")
     group.add_argument("--n-ctx", type=int, default=2048, metavar="N",
                        help="context window in tokens (default: 2048)")
     group.add_argument("--threads", type=int, default=None, metavar="N",
                        help="CPU threads (default: all cores)")
+    api = parser.add_argument_group("OpenAI-compatible API (--backend openai)")
+    api.add_argument("--base-url", metavar="URL",
+                     help="API base URL, e.g. http://127.0.0.1:8080/v1 (default: OpenAI)")
+    api.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), metavar="KEY",
+                     help="API key (default: $OPENAI_API_KEY)")
+    api.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
+                     help="extra HTTP header, repeatable (Azure api-key, proxies)")
+    api.add_argument("--concurrency", type=int, default=8, metavar="N",
+                     help="requests in flight at most (default: 8)")
+    api.add_argument("--max-rpm", type=int, metavar="N", help="cap on requests per minute")
+    api.add_argument("--max-tpm", type=int, metavar="N", help="cap on tokens per minute")
+    api.add_argument("--top-logprobs", type=int, default=20, metavar="K",
+                     help="alternatives per token to request (default: 20, OpenAI's maximum; "
+                          "0: the server gives no logprobs, use sampling)")
+    api.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                     help="seconds before a request is abandoned and retried (default: 60)")
+    api.add_argument("--samples", type=int, default=5, metavar="N",
+                     help="answers drawn per item by --method sampling (default: 5)")
+    api.add_argument("--sampling-temperature", type=float, default=0.7, metavar="T",
+                     help="temperature of --method sampling (default: 0.7)")
+    api.add_argument("--no-cache", action="store_true",
+                     help="do not read or write the response cache ($SURELABEL_CACHE_DIR)")
 
 
 def add_threshold_args(parser: argparse.ArgumentParser) -> None:
@@ -47,4 +72,31 @@ def backend_from(args: argparse.Namespace) -> Backend:
     options: dict[str, Any] = {}
     if args.backend == "llamacpp":
         options = {"model": args.model, "n_ctx": args.n_ctx, "n_threads": args.threads}
+    elif args.backend == "openai":
+        options = _openai_options(args)
     return make_backend(args.backend, **options)
+
+
+def _openai_options(args: argparse.Namespace) -> dict[str, Any]:
+    from surelabel.cache import ResponseCache
+
+    headers = {}
+    for item in args.header:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise UserError(f"--header {item!r}: expected NAME:VALUE")
+        headers[name.strip()] = value.strip()
+    return {
+        "model": args.model,
+        "base_url": args.base_url,
+        "api_key": args.api_key,
+        "headers": headers,
+        "concurrency": args.concurrency,
+        "max_rpm": args.max_rpm,
+        "max_tpm": args.max_tpm,
+        "top_logprobs": args.top_logprobs,
+        "timeout": args.timeout,
+        "samples": args.samples,
+        "sampling_temperature": args.sampling_temperature,
+        "cache": None if args.no_cache else ResponseCache(),
+    }
