@@ -1,0 +1,293 @@
+"""The review queue's web pages: login, queue, item, stats.
+
+Item text is untrusted: templates autoescape everything, pages carry a strict
+Content-Security-Policy (no inline script), and every form carries a CSRF token (the
+session's for logged-in forms, a double-submit cookie for the login form).
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the annotations at runtime.
+
+import hmac
+import secrets
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote, urlencode
+
+from fastapi import FastAPI, Form, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from surelabel.classifier import Classifier
+from surelabel.store import ConflictError, Item, NotFoundError, Session, Store
+
+SESSION_COOKIE = "surelabel_session"
+LOGIN_CSRF_COOKIE = "surelabel_login_csrf"
+HERE = Path(__file__).parent
+STATIC = {"review.js": "text/javascript", "style.css": "text/css"}
+
+
+def _env() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(HERE / "templates"),
+        autoescape=select_autoescape(["html"], default=True),
+    )
+    env.filters["pct"] = lambda p: "–" if p is None else f"{100 * p:.0f}%"
+    env.filters["prob"] = lambda p: "–" if p is None else f"{p:.3f}"
+    return env
+
+
+class _LoginRequiredError(Exception):
+    pass
+
+
+def add_web_routes(app: FastAPI) -> None:
+    store: Store = app.state.store
+    classifiers: dict[str, Classifier] = app.state.classifiers
+    settings = app.state.settings
+    env = _env()
+
+    def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
+        return HTMLResponse(env.get_template(name).render(**context), status_code=status)
+
+    def session_of(request: Request) -> Session | None:
+        cookie = request.cookies.get(SESSION_COOKIE)
+        return store.get_session(cookie) if cookie else None
+
+    def need_session(request: Request) -> Session:
+        session = session_of(request)
+        if session is None:
+            raise _LoginRequiredError
+        return session
+
+    def check_csrf(session: Session, token: str | None) -> None:
+        if not token or not hmac.compare_digest(token, session.csrf):
+            raise HTTPException(403, "missing or wrong CSRF token; reload the page")
+
+    def classifier_for(task: str) -> Classifier:
+        if task not in classifiers:
+            raise HTTPException(404, f"no task {task!r}")
+        return classifiers[task]
+
+    @app.exception_handler(_LoginRequiredError)
+    async def to_login(request: Request, exc: _LoginRequiredError) -> Response:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> Response:
+        if name not in STATIC:
+            raise HTTPException(404)
+        return FileResponse(HERE / "static" / name, media_type=STATIC[name])
+
+    @app.get("/login", include_in_schema=False)
+    def login_page(request: Request, next: str = "/review") -> Response:
+        csrf = secrets.token_urlsafe(32)
+        response = render("login.html", csrf=csrf, next=_safe_next(next), error=None, user=None)
+        response.set_cookie(
+            LOGIN_CSRF_COOKIE, csrf, httponly=True, samesite="strict",
+            secure=settings.secure_cookies, max_age=3600,
+        )
+        return response
+
+    @app.post("/login", include_in_schema=False)
+    def login(
+        request: Request,
+        username: str = Form(max_length=200),
+        password: str = Form(max_length=500),
+        csrf: str = Form(""),
+        next: str = Form("/review"),
+    ) -> Response:
+        expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+        if not csrf or not expected or not hmac.compare_digest(csrf, expected):
+            raise HTTPException(403, "missing or wrong CSRF token; reload the login page")
+        user = store.authenticate(username, password)
+        if user is None:
+            return render("login.html", status=401, csrf=csrf, next=_safe_next(next),
+                          error="Wrong user name or password.", user=None)
+        cookie, _session = store.create_session(user, ttl=settings.session_seconds)
+        response = RedirectResponse(_safe_next(next), status_code=303)
+        response.set_cookie(
+            SESSION_COOKIE, cookie, httponly=True, samesite="lax",
+            secure=settings.secure_cookies, max_age=int(settings.session_seconds),
+        )
+        response.delete_cookie(LOGIN_CSRF_COOKIE)
+        return response
+
+    @app.post("/logout", include_in_schema=False)
+    def logout(request: Request, csrf: str = Form("")) -> Response:
+        session = need_session(request)
+        check_csrf(session, csrf)
+        store.delete_session(request.cookies[SESSION_COOKIE])
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(SESSION_COOKIE)
+        return response
+
+    @app.get("/", include_in_schema=False)
+    def home() -> Response:
+        return RedirectResponse("/review", status_code=303)
+
+    @app.get("/review", include_in_schema=False)
+    def tasks_page(request: Request) -> Response:
+        session = need_session(request)
+        rows = [
+            {"task": c.task, "counts": store.count_items(name)}
+            for name, c in classifiers.items()
+        ]
+        return render("tasks.html", session=session, user=session.user, rows=rows)
+
+    @app.get("/review/{task}", include_in_schema=False)
+    def queue_page(request: Request, task: str, order: str = "confidence",
+                   empty: int = 0) -> Response:
+        session = need_session(request)
+        classifier = classifier_for(task)
+        order = order if order in ("confidence", "oldest") else "confidence"
+        open_items = store.list_items(task, status="open", order=order, limit=100)  # type: ignore[arg-type]
+        return render(
+            "queue.html", session=session, user=session.user, task=classifier.task,
+            counts=store.count_items(task), items=open_items, order=order, empty=bool(empty),
+            now=store.clock(),
+        )
+
+    @app.get("/review/{task}/next", include_in_schema=False)
+    def next_item(request: Request, task: str, order: str = "confidence") -> Response:
+        session = need_session(request)
+        classifier_for(task)
+        order = order if order in ("confidence", "oldest") else "confidence"
+        item = store.claim_next(task, session.user.name, order=order,  # type: ignore[arg-type]
+                                lease=settings.lease_seconds)
+        if item is None:
+            return RedirectResponse(
+                f"/review/{quote(task)}?{urlencode({'order': order, 'empty': 1})}",
+                status_code=303,
+            )
+        return RedirectResponse(f"/review/items/{item.id}?order={order}", status_code=303)
+
+    @app.get("/review/items/{item_id}", include_in_schema=False)
+    def item_page(request: Request, item_id: int, order: str = "confidence") -> Response:
+        session = need_session(request)
+        try:
+            item = store.get_item(item_id)
+        except NotFoundError:
+            raise HTTPException(404, f"no item {item_id}") from None
+        classifier = classifier_for(item.task)
+        held = item.status == "open" and store.claim(
+            item.id, session.user.name, lease=settings.lease_seconds
+        )
+        if held:
+            item = store.get_item(item_id)
+        return render(
+            "item.html", session=session, user=session.user, item=item,
+            task=classifier.task, bars=_bars(item, classifier), held=held,
+            order=order if order in ("confidence", "oldest") else "confidence",
+            error=None,
+        )
+
+    @app.post("/review/items/{item_id}", include_in_schema=False)
+    def answer_item(
+        request: Request,
+        item_id: int,
+        csrf: str = Form(""),
+        choice: str = Form(max_length=300),
+        labels: Annotated[list[str] | None, Form()] = None,
+        note: str = Form("", max_length=5000),
+        order: str = Form("confidence"),
+    ) -> Response:
+        session = need_session(request)
+        check_csrf(session, csrf)
+        try:
+            item = store.get_item(item_id)
+        except NotFoundError:
+            raise HTTPException(404, f"no item {item_id}") from None
+        classifier = classifier_for(item.task)
+        names = classifier.task.label_names
+        label: Any = None
+        clarify = False
+        if choice == "accept":
+            label = item.predicted
+        elif choice == "clarify":
+            clarify = True
+        elif choice.startswith("label:") and choice[6:] in names:
+            label = choice[6:]
+        elif choice == "labels" and classifier.task.kind == "multilabel":
+            given = labels or []
+            if any(x not in names for x in given):
+                raise HTTPException(422, "unknown label")
+            label = [x for x in names if x in given]
+        else:
+            raise HTTPException(422, f"unknown choice {choice!r}")
+        try:
+            store.answer(item_id, session.user.name, label=label, clarify=clarify,
+                         note=note.strip() or None)
+        except ConflictError as exc:
+            return render(
+                "item.html", status=409, session=session, user=session.user,
+                item=store.get_item(item_id), task=classifier.task,
+                bars=_bars(item, classifier), held=False, order=order, error=str(exc),
+            )
+        order = order if order in ("confidence", "oldest") else "confidence"
+        return RedirectResponse(
+            f"/review/{quote(item.task)}/next?order={order}", status_code=303
+        )
+
+    @app.get("/stats", include_in_schema=False)
+    def stats_page(request: Request, task: str | None = None) -> Response:
+        session = need_session(request)
+        name = task if task in classifiers else next(iter(classifiers))
+        stats = store.stats(name)
+        return render(
+            "stats.html", session=session, user=session.user, tasks=list(classifiers),
+            task=classifiers[name].task, stats=stats, chart=_chart(stats),
+        )
+
+
+def _safe_next(target: str) -> str:
+    """Only same-site paths: no open redirect through ``?next=``."""
+    if target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/review"
+
+
+def _bars(item: Item, classifier: Classifier) -> list[dict[str, Any]]:
+    probs = item.record.get("probabilities") or {}
+    predicted = item.predicted
+    chosen = set(predicted) if isinstance(predicted, list) else {predicted}
+    label_set = item.record.get("label_set") or []
+    return [
+        {
+            "label": name,
+            "p": probs.get(name),
+            "width": round(240 * float(probs.get(name) or 0.0), 1),
+            "predicted": name in chosen,
+            "in_set": name in label_set,
+            "key": i + 1 if i < 9 else None,
+        }
+        for i, name in enumerate(classifier.task.label_names)
+    ]
+
+
+def _chart(stats: dict[str, Any]) -> dict[str, Any]:
+    """Geometry of the agreement-per-confidence bar chart (drawn as inline SVG)."""
+    width, height, left, bottom, top = 560, 240, 48, 36, 16
+    bins = stats["agreement_by_confidence"]
+    slot = (width - left - 8) / max(1, len(bins))
+    plot_h = height - bottom - top
+    bars = []
+    for i, b in enumerate(bins):
+        rate = b["rate"]
+        h = 0.0 if rate is None else plot_h * rate
+        bars.append({
+            "x": round(left + i * slot + slot * 0.15, 1),
+            "w": round(slot * 0.7, 1),
+            "y": round(top + plot_h - h, 1),
+            "h": round(h, 1),
+            "cx": round(left + i * slot + slot / 2, 1),
+            "label": f"{b['low']:.1f}–{b['high']:.1f}",
+            "rate": rate,
+            "n": b["n"],
+        })
+    ticks = [
+        {"y": round(top + plot_h * (1 - t), 1), "label": f"{int(t * 100)}%"}
+        for t in (0.0, 0.25, 0.5, 0.75, 1.0)
+    ]
+    return {"width": width, "height": height, "left": left, "top": top, "bottom": bottom,
+            "plot_h": plot_h, "bars": bars, "ticks": ticks, "axis_y": top + plot_h}

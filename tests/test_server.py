@@ -1,0 +1,440 @@
+"""The review service through HTTP (Starlette's TestClient: httpx over the ASGI app).
+
+A small fake backend with fixed label probabilities keeps these fast; one test at the end
+goes through the real embedded model.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from surelabel.backends.base import Capabilities, Generation, ScoreResult
+from surelabel.prompt import Message
+from surelabel.server import Settings, create_app
+from surelabel.store import Store
+from surelabel.task import Task, load_task
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+class FakeBackend:
+    """Fixed probabilities per text (in label order); counts calls; can be held on a gate."""
+
+    model_name = "fake-model"
+
+    def __init__(self, plan: dict[str, Sequence[float]] | None = None) -> None:
+        self.plan = plan or {}
+        self.calls = 0
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(exact_scoring=True)
+
+    def score(self, messages: Sequence[Message], prefix: str, continuations: Sequence[str],
+              *, closer: str = "") -> ScoreResult:
+        self.calls += 1
+        self.entered.set()
+        self.gate.wait(timeout=30)
+        text = messages[-1].content
+        probs = list(self.plan.get(text, [0.6, 0.3, 0.1]))[: len(continuations)]
+        probs += [1e-3] * (len(continuations) - len(probs))
+        return ScoreResult(logprobs=tuple(math.log(p) for p in probs))
+
+    def generate(self, messages: Sequence[Message], *, prefix: str = "",
+                 schema: dict[str, Any] | None = None, max_tokens: int = 64,
+                 stop: Sequence[str] = (), top_logprobs: int = 0) -> Generation:
+        return Generation(text="it grows on trees")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def task() -> Task:
+    return load_task(EXAMPLES / "fruit_veg_herb.yaml")
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: Clock) -> Iterator[Store]:
+    s = Store(f"sqlite:///{tmp_path / 'server.db'}", clock=clock)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def fake() -> FakeBackend:
+    return FakeBackend({
+        "apple": [0.97, 0.02, 0.01],     # accept
+        "tomato": [0.55, 0.44, 0.01],    # review
+        "rhubarb": [0.7, 0.29, 0.01],    # review
+        "mystery": [0.4, 0.35, 0.25],    # clarify
+    })
+
+
+def make_client(task: Task, fake: FakeBackend, store: Store, **settings: Any) -> TestClient:
+    app = create_app(task, fake, store, settings=Settings(**settings))
+    return TestClient(app)
+
+
+@pytest.fixture
+def client(task: Task, fake: FakeBackend, store: Store) -> Iterator[TestClient]:
+    with make_client(task, fake, store, batch_limit=4, max_pending=8,
+                     max_body_bytes=50_000) as c:
+        yield c
+
+
+@pytest.fixture
+def tokens(store: Store) -> dict[str, dict[str, str]]:
+    def auth(scopes: Sequence[str]) -> dict[str, str]:
+        return {"Authorization": f"Bearer {store.create_token('t', scopes)}"}
+
+    return {
+        "all": auth(["classify", "read", "review"]),
+        "ingest": auth(["classify"]),
+        "read": auth(["read"]),
+    }
+
+
+URL = "/v1/tasks/fruit_veg_herb/classify"
+
+
+def test_auth_missing_wrong_and_scope(client: TestClient, tokens: dict[str, Any]) -> None:
+    r = client.post(URL, json={"text": "apple"})
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+    r = client.post(URL, json={"text": "apple"}, headers={"Authorization": "Bearer sl_nope"})
+    assert r.status_code == 401
+    r = client.post(URL, json={"text": "apple"}, headers={"Authorization": "Basic abc"})
+    assert r.status_code == 401
+    assert client.post(URL, json={"text": "apple"}, headers=tokens["read"]).status_code == 403
+    assert client.get("/v1/tasks", headers=tokens["ingest"]).status_code == 403
+    r = client.post("/v1/items/1/review", json={"label": "fruit"}, headers=tokens["ingest"])
+    assert r.status_code == 403
+    assert client.get("/v1/tasks", headers=tokens["read"]).status_code == 200
+
+
+def test_classify_one_stores_the_record(
+    client: TestClient, tokens: dict[str, Any], store: Store
+) -> None:
+    r = client.post(URL, json={"text": "tomato", "id": "t-1"}, headers=tokens["ingest"])
+    assert r.status_code == 200, r.text
+    rec = r.json()
+    assert rec["label"] == "fruit" and rec["decision"] == "review"
+    assert set(rec["probabilities"]) == {"fruit", "vegetable", "herb"}
+    assert math.isclose(sum(rec["probabilities"].values()), 1.0, abs_tol=1e-5)
+    assert rec["reason"] and rec["model"] == "fake-model" and rec["id"] == "t-1"
+    assert rec["status"] == "open" and rec["item_id"] >= 1
+    stored = store.get_item(rec["item_id"])
+    assert stored.text == "tomato" and stored.record["confidence"] == rec["confidence"]
+    got = client.get(f"/v1/items/{rec['item_id']}", headers=tokens["read"]).json()
+    assert got["label"] == "fruit" and got["review"] is None
+
+
+def test_classify_is_idempotent_by_client_id(
+    client: TestClient, tokens: dict[str, Any], fake: FakeBackend, store: Store
+) -> None:
+    first = client.post(URL, json={"text": "apple", "id": 7}, headers=tokens["ingest"]).json()
+    calls = fake.calls
+    again = client.post(URL, json={"text": "apple", "id": 7}, headers=tokens["ingest"]).json()
+    assert again["item_id"] == first["item_id"] and fake.calls == calls
+    batch = client.post(URL, json={"items": [{"text": "apple", "id": 7},
+                                             {"text": "tomato", "id": 8}]},
+                        headers=tokens["ingest"]).json()["items"]
+    assert batch[0]["item_id"] == first["item_id"] and batch[1]["id"] == 8
+    assert len(list(store.all_items("fruit_veg_herb"))) == 2
+
+
+def test_batch_and_validation_errors(client: TestClient, tokens: dict[str, Any]) -> None:
+    h = tokens["ingest"]
+    r = client.post(URL, json={"items": [{"text": "apple"}, {"text": "mystery"}]}, headers=h)
+    assert r.status_code == 200
+    assert [x["decision"] for x in r.json()["items"]] == ["accept", "clarify"]
+    too_many = {"items": [{"text": f"x{i}"} for i in range(5)]}
+    r = client.post(URL, json=too_many, headers=h)
+    assert r.status_code == 422 and "at most 4" in r.json()["detail"]
+    for bad in ({"text": "   "}, {"txt": "apple"}, {"text": 5}, {"items": []},
+                {"text": "a", "extra": 1}, {"text": "x" * 20_001}):
+        r = client.post(URL, json=bad, headers=h)
+        assert r.status_code == 422, bad
+        assert r.json()["detail"]
+    r = client.post(URL, content=b"{not json", headers={**h, "Content-Type": "application/json"})
+    assert r.status_code == 422
+    r = client.post("/v1/tasks/nope/classify", json={"text": "a"}, headers=h)
+    assert r.status_code == 404
+
+
+def test_body_limit(client: TestClient, tokens: dict[str, Any]) -> None:
+    r = client.post(URL, json={"items": [{"text": "y" * 19_000}] * 3}, headers=tokens["ingest"])
+    assert r.status_code == 413
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while reading
+        yield b'{"text": "'
+        for _ in range(60):
+            yield b"z" * 1000
+        yield b'"}'
+
+    r = client.post(URL, content=chunks(), headers={**tokens["ingest"],
+                                                   "Content-Type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_queue_listing_order_and_filters(
+    client: TestClient, tokens: dict[str, Any], clock: Clock
+) -> None:
+    for text in ["rhubarb", "apple", "tomato", "mystery"]:
+        client.post(URL, json={"text": text}, headers=tokens["ingest"])
+        clock.t += 10
+    base = "/v1/tasks/fruit_veg_herb/items"
+    h = tokens["read"]
+    review = client.get(f"{base}?decision=review&status=open", headers=h).json()["items"]
+    assert [i["text"] for i in review] == ["tomato", "rhubarb"]
+    open_ = client.get(f"{base}?status=open", headers=h).json()["items"]
+    assert [i["text"] for i in open_] == ["mystery", "tomato", "rhubarb"]
+    oldest = client.get(f"{base}?status=open&order=oldest", headers=h).json()["items"]
+    assert [i["text"] for i in oldest] == ["rhubarb", "tomato", "mystery"]
+    assert client.get(f"{base}?decision=maybe", headers=h).status_code == 422
+    assert client.get(f"{base}?limit=0", headers=h).status_code == 422
+    tasks = client.get("/v1/tasks", headers=h).json()["tasks"]
+    assert tasks[0]["name"] == "fruit_veg_herb"
+    assert tasks[0]["counts"]["open"] == 3 and tasks[0]["counts"]["accept"] == 1
+
+
+def test_review_api_and_double_review_refused(
+    client: TestClient, tokens: dict[str, Any], store: Store
+) -> None:
+    item = client.post(URL, json={"text": "tomato"}, headers=tokens["ingest"]).json()
+    url = f"/v1/items/{item['item_id']}/review"
+    h = tokens["all"]
+    assert client.post(url, json={"label": "meat"}, headers=h).status_code == 422
+    assert client.post(url, json={}, headers=h).status_code == 422
+    assert client.post(url, json={"label": "fruit", "clarify": True},
+                       headers=h).status_code == 422
+    r = client.post(url, json={"label": "vegetable"}, headers=h)
+    assert r.status_code == 200 and r.json()["review"]["action"] == "correct"
+    r2 = client.post(url, json={"label": "fruit"}, headers=h)
+    assert r2.status_code == 409 and "already answered" in r2.json()["detail"]
+    assert store.get_item(item["item_id"]).review_label == "vegetable"
+    other = client.post(URL, json={"text": "mystery"}, headers=tokens["ingest"]).json()
+    r3 = client.post(f"/v1/items/{other['item_id']}/review",
+                     json={"clarify": True, "note": "which mystery?"}, headers=h)
+    assert r3.status_code == 200 and r3.json()["review"]["note"] == "which mystery?"
+    assert client.post("/v1/items/999/review", json={"label": "fruit"},
+                       headers=h).status_code == 404
+    stats = client.get("/v1/tasks/fruit_veg_herb/stats", headers=tokens["read"]).json()
+    assert stats["reviews"]["total"] == 2
+
+
+def test_queue_full_gives_503_with_retry_after(
+    task: Task, fake: FakeBackend, store: Store, tokens: dict[str, Any]
+) -> None:
+    with make_client(task, fake, store, batch_limit=2, max_pending=2) as client:
+        gate = threading.Event()
+        client.app.state.pool.submit(lambda: gate.wait(30), weight=2)  # type: ignore[attr-defined]
+        try:
+            r = client.post(URL, json={"text": "apple"}, headers=tokens["ingest"])
+            assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+        finally:
+            gate.set()
+        r = client.post(URL, json={"text": "apple"}, headers=tokens["ingest"])
+        assert r.status_code == 200
+
+
+def test_classification_does_not_block_the_event_loop(
+    client: TestClient, fake: FakeBackend, tokens: dict[str, Any]
+) -> None:
+    fake.gate.clear()
+    fake.entered.clear()
+    result: dict[str, int] = {}
+
+    def post() -> None:
+        result["status"] = client.post(URL, json={"text": "apple"},
+                                       headers=tokens["ingest"]).status_code
+
+    t = threading.Thread(target=post)
+    t.start()
+    assert fake.entered.wait(10)  # the model is busy with that request...
+    assert client.get("/v1/tasks", headers=tokens["read"]).status_code == 200  # ...and we answer
+    fake.gate.set()
+    t.join(10)
+    assert result["status"] == 200
+
+
+def test_openapi_and_docs(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert "/v1/tasks/{task}/classify" in spec["paths"]
+    assert "/v1/items/{item_id}/review" in spec["paths"]
+    assert client.get("/docs").status_code == 200
+
+
+# -- web pages --------------------------------------------------------------------------
+
+
+def login(client: TestClient, store: Store, name: str = "alice") -> str:
+    password = store.add_user(name, "reviewer")
+    page = client.get("/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf is not None
+    r = client.post("/login", data={"username": name, "password": password,
+                                    "csrf": csrf.group(1), "next": "/review"},
+                    follow_redirects=False)
+    assert r.status_code == 303, r.text
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=lax" in cookie
+    return session_csrf(client)
+
+
+def session_csrf(client: TestClient) -> str:
+    page = client.get("/review")
+    m = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert m is not None
+    return m.group(1)
+
+
+def test_pages_need_login(client: TestClient) -> None:
+    for path in ("/review", "/review/fruit_veg_herb", "/stats", "/review/items/1"):
+        r = client.get(path, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"].startswith("/login")
+
+
+def test_login_refuses_bad_password_and_missing_csrf(client: TestClient, store: Store) -> None:
+    password = store.add_user("bob")
+    page = client.get("/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    r = client.post("/login", data={"username": "bob", "password": "wrong", "csrf": csrf})
+    assert r.status_code == 401 and "Wrong user name or password" in r.text
+    r = client.post("/login", data={"username": "bob", "password": password})
+    assert r.status_code == 403
+    r = client.post("/login", data={"username": "bob", "password": password, "csrf": "forged"})
+    assert r.status_code == 403
+    r = client.post("/login", data={"username": "bob", "password": password,
+                                    "csrf": csrf, "next": "https://evil.example/"},
+                    follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/review"
+
+
+def test_review_flow_next_item_opens(
+    client: TestClient, store: Store, tokens: dict[str, Any]
+) -> None:
+    for text in ["rhubarb", "tomato", "mystery", "apple"]:
+        client.post(URL, json={"text": text}, headers=tokens["ingest"])
+    csrf = login(client, store)
+    queue = client.get("/review/fruit_veg_herb")
+    assert queue.status_code == 200 and "open 3" in queue.text
+    r = client.get("/review/fruit_veg_herb/next", follow_redirects=True)
+    assert "mystery" in r.text and "Needs clarification" in r.text
+    first_id = int(str(r.url).rsplit("/", 1)[1].split("?")[0])
+    r = client.post(f"/review/items/{first_id}",
+                    data={"csrf": csrf, "choice": "clarify", "note": "what is it?"})
+    assert r.status_code == 200 and "tomato" in r.text  # the next item opened
+    second_id = int(str(r.url).rsplit("/", 1)[1].split("?")[0])
+    r = client.post(f"/review/items/{second_id}", data={"csrf": csrf, "choice": "label:vegetable"})
+    assert "rhubarb" in r.text
+    third_id = int(str(r.url).rsplit("/", 1)[1].split("?")[0])
+    r = client.post(f"/review/items/{third_id}", data={"csrf": csrf, "choice": "accept"})
+    assert "No open items left" in r.text
+    answers = {i.text: (i.review_action, i.review_label, i.review_note, i.reviewer)
+               for i in store.reviewed("fruit_veg_herb")}
+    assert answers == {
+        "mystery": ("clarify", None, "what is it?", "alice"),
+        "tomato": ("correct", "vegetable", None, "alice"),
+        "rhubarb": ("accept", "fruit", None, "alice"),
+    }
+    r = client.post(f"/review/items/{third_id}", data={"csrf": csrf, "choice": "accept"})
+    assert r.status_code == 409 and "already answered" in r.text
+    stats = client.get("/stats")
+    assert stats.status_code == 200 and "<svg" in stats.text and "agreement-chart" in stats.text
+
+
+def test_form_post_without_csrf_is_refused(
+    client: TestClient, store: Store, tokens: dict[str, Any]
+) -> None:
+    item = client.post(URL, json={"text": "tomato"}, headers=tokens["ingest"]).json()
+    login(client, store)
+    for data in ({"choice": "accept"}, {"choice": "accept", "csrf": "wrong"}):
+        r = client.post(f"/review/items/{item['item_id']}", data=data)
+        assert r.status_code == 403
+    assert store.get_item(item["item_id"]).status == "open"
+    assert client.post("/logout", data={}).status_code == 403
+
+
+def test_item_text_renders_inert(
+    client: TestClient, store: Store, tokens: dict[str, Any]
+) -> None:
+    evil = '<script>alert("x")</script><img src=x onerror=alert(1)><b>bold</b>'
+    item = client.post(URL, json={"text": evil, "id": "<i>id</i>"},
+                       headers=tokens["ingest"]).json()
+    login(client, store)
+    for path in (f"/review/items/{item['item_id']}", "/review/fruit_veg_herb"):
+        page = client.get(path)
+        assert "<script>alert" not in page.text and "<img src=x" not in page.text
+        assert "&lt;script&gt;alert" in page.text
+        csp = page.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+        assert page.headers["x-frame-options"] == "DENY"
+    assert "<script" not in "".join(
+        line for line in client.get(f"/review/items/{item['item_id']}").text.splitlines()
+        if "/static/review.js" not in line
+    )
+
+
+def test_leases_between_two_reviewers(
+    task: Task, fake: FakeBackend, store: Store, tokens: dict[str, Any], clock: Clock
+) -> None:
+    with make_client(task, fake, store, lease_seconds=60) as alice, \
+            make_client(task, fake, store, lease_seconds=60) as bob:
+        for text in ["tomato", "rhubarb"]:
+            alice.post(URL, json={"text": text}, headers=tokens["ingest"])
+        a_csrf = login(alice, store, "alice")
+        b_csrf = login(bob, store, "bob")
+        a = alice.get("/review/fruit_veg_herb/next")
+        b = bob.get("/review/fruit_veg_herb/next")
+        a_id = int(str(a.url).rsplit("/", 1)[1].split("?")[0])
+        b_id = int(str(b.url).rsplit("/", 1)[1].split("?")[0])
+        assert a_id != b_id
+        assert "being reviewed by alice" in bob.get(f"/review/items/{a_id}").text
+        r = bob.post(f"/review/items/{a_id}", data={"csrf": b_csrf, "choice": "accept"})
+        assert r.status_code == 409 and "claimed by alice" in r.text
+        clock.t += 61  # alice walked away; her lease ran out
+        r = bob.post(f"/review/items/{a_id}", data={"csrf": b_csrf, "choice": "accept"})
+        assert r.status_code == 200
+        assert store.get_item(a_id).reviewer == "bob"
+        r = alice.post(f"/review/items/{a_id}", data={"csrf": a_csrf, "choice": "accept"})
+        assert r.status_code == 409
+
+
+@pytest.mark.model
+def test_real_model_through_the_api(backend: Any, store: Store) -> None:
+    task = load_task(EXAMPLES / "pineapple.yaml")
+    app = create_app(task, backend, store, settings=Settings(reason=False))
+    token = store.create_token("bot", ["classify", "read"])
+    with TestClient(app) as client:
+        r = client.post(f"/v1/tasks/{task.name}/classify",
+                        json={"items": [{"text": "Hawaiian pizza", "id": 1},
+                                        {"text": "cheese pizza", "id": 2}]},
+                        headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+    for rec in r.json()["items"]:
+        assert rec["error"] is None and rec["method"] == "exact"
+        assert math.isclose(sum(rec["probabilities"].values()), 1.0, abs_tol=1e-4)
+        assert 0 < rec["label_mass"] <= 1
+        assert rec["decision"] in ("accept", "review", "clarify")
