@@ -66,7 +66,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
-                break  # a line cut short by an interrupted run
+                continue  # a line cut short by an interrupted run
     return rows
 
 

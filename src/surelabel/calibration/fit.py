@@ -1,0 +1,239 @@
+"""Fit a calibration from labelled scores: pick the method, fit it, set routing from it.
+
+The method is chosen (``method="auto"``) by K-fold cross-validated log loss. The same
+out-of-fold calibrated probabilities are then used for the accept threshold and the
+conformal quantile, so neither is set on probabilities fitted to the very same rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from surelabel.calibration.base import as_logprobs
+from surelabel.calibration.file import Calibration, prompt_hash
+from surelabel.calibration.methods import (
+    BINARY_ONLY,
+    CALIBRATORS,
+    Calibrator,
+    PerLabelCalibrator,
+    make_calibrator,
+)
+from surelabel.errors import CalibrationError
+from surelabel.metrics import log_loss
+from surelabel.routing import conformal_quantile, fit_accept_threshold
+from surelabel.task import Task
+
+FloatArray = NDArray[np.float64]
+MIN_ROWS = 10
+
+
+def candidates(kind: str, has_content_free: bool) -> list[str]:
+    """Methods that apply to a task kind (``auto`` chooses among these)."""
+    names = [m for m in CALIBRATORS if kind != "multiclass" or m not in BINARY_ONLY]
+    if not has_content_free:
+        names.remove("contextual")
+    return names
+
+
+def _new(method: str, task: Task) -> Calibrator:
+    if task.kind == "multilabel":
+        return PerLabelCalibrator(method, task.label_names)
+    return make_calibrator(method)
+
+
+def _raw_probabilities(task: Task, x: FloatArray) -> FloatArray:
+    if task.kind == "multilabel":
+        lp = x - np.logaddexp(x[..., :1], x[..., 1:])
+        return np.asarray(np.exp(lp[..., 0]), dtype=np.float64)
+    return np.asarray(np.exp(as_logprobs(x)), dtype=np.float64)
+
+
+def _loss(task: Task, y: NDArray[Any], probs: FloatArray) -> float:
+    if task.kind == "multilabel":
+        return float(np.mean([log_loss(y[:, j], probs[:, j]) for j in range(y.shape[1])]))
+    return log_loss(y, probs)
+
+
+def _folds(n: int, k: int, seed: int) -> list[NDArray[np.intp]]:
+    order = np.random.default_rng(seed).permutation(n)
+    return [np.sort(f) for f in np.array_split(order, k)]
+
+
+def cross_val_probabilities(
+    task: Task,
+    method: str,
+    x: FloatArray,
+    y: NDArray[Any],
+    content_free: FloatArray | None,
+    folds: int,
+    seed: int,
+) -> FloatArray:
+    """Out-of-fold calibrated probabilities ((n, k), or (n, L) P(label applies))."""
+    if method == "contextual":
+        assert content_free is not None
+        return np.asarray(_new(method, task).fit(content_free).predict_proba(x), dtype=np.float64)
+    out: FloatArray | None = None
+    for test in _folds(len(x), folds, seed):
+        train = np.setdiff1d(np.arange(len(x)), test)
+        pred = _new(method, task).fit(x[train], y[train]).predict_proba(x[test])
+        if out is None:
+            out = np.zeros((len(x), *pred.shape[1:]))
+        out[test] = pred
+    assert out is not None
+    return out
+
+
+@dataclass(frozen=True)
+class Selection:
+    method: str
+    cv_log_loss: dict[str, float]
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "cv_log_loss": self.cv_log_loss, "reason": self.reason}
+
+
+def fit_calibration(
+    task: Task,
+    model: str,
+    logprobs: ArrayLike,
+    y: ArrayLike,
+    *,
+    method: str = "auto",
+    content_free: ArrayLike | None = None,
+    folds: int = 5,
+    target_error: float | None = None,
+    delta: float = 0.1,
+    alpha: float | None = None,
+    seed: int = 0,
+) -> tuple[Calibration, FloatArray]:
+    """Choose and fit a calibrator on labelled rows; optionally set routing from it.
+
+    Parameters
+    ----------
+    logprobs:
+        Raw label log-probabilities: (n, k) for binary/multiclass tasks, (n, L, 2) (each
+        label's true/false) for multilabel tasks.
+    y:
+        True label indices (n,), or for multilabel an (n, L) 0/1 array.
+    content_free:
+        The same kind of array for content-free inputs; enables ``contextual``.
+    target_error, delta:
+        Fit a guaranteed accept threshold (see :func:`surelabel.routing.fit_accept_threshold`).
+    alpha:
+        Fit a split-conformal quantile for prediction sets of coverage 1 - alpha.
+
+    Returns
+    -------
+    The calibration, and the out-of-fold calibrated probabilities of the chosen method.
+    """
+    x = np.asarray(logprobs, dtype=np.float64)
+    yy = np.asarray(y)
+    cf = None if content_free is None else np.asarray(content_free, dtype=np.float64)
+    n = len(x)
+    allowed = candidates(task.kind, cf is not None)
+    if method == "auto":
+        tried = allowed
+    elif method not in CALIBRATORS:
+        raise CalibrationError(
+            f"unknown calibration method {method!r}; expected auto or one of "
+            f"{', '.join(CALIBRATORS)}"
+        )
+    elif method not in allowed:
+        why = ("needs content-free inputs" if method == "contextual"
+               else "is for binary and multilabel tasks; use temperature for multiclass")
+        raise CalibrationError(f"calibration method {method!r} {why}")
+    else:
+        tried = [method]
+    if n < MIN_ROWS and tried != ["contextual"]:
+        raise CalibrationError(
+            f"calibration needs at least {MIN_ROWS} labelled rows, got {n}"
+        )
+    k = max(2, min(folds, n))
+    losses: dict[str, float] = {}
+    oof: dict[str, FloatArray] = {}
+    for name in tried:
+        oof[name] = cross_val_probabilities(task, name, x, yy, cf, k, seed)
+        losses[name] = _loss(task, yy, oof[name])
+    raw_loss = _loss(task, yy, _raw_probabilities(task, x)) if n else float("nan")
+    chosen = min(losses, key=lambda m: losses[m])
+    others = ", ".join(f"{m} {v:.4f}" for m, v in sorted(losses.items(), key=lambda kv: kv[1]))
+    if method == "auto":
+        reason = (f"auto picked {chosen}: lowest {k}-fold cross-validated log loss "
+                  f"({others}; uncalibrated {raw_loss:.4f})")
+    else:
+        reason = (f"{chosen} as asked: {k}-fold cross-validated log loss {losses[chosen]:.4f} "
+                  f"(uncalibrated {raw_loss:.4f})")
+    selection = Selection(chosen, {**losses, "none": raw_loss}, reason)
+    if chosen == "contextual":
+        assert cf is not None
+        calibrator = _new(chosen, task).fit(cf)
+    else:
+        calibrator = _new(chosen, task).fit(x, yy)
+    probs = oof[chosen]
+    routing = None
+    if target_error is not None:
+        conf, correct = top_label_view(task, probs, yy)
+        routing = fit_accept_threshold(conf, correct, target_error, delta)
+    conformal = None
+    if alpha is not None and task.kind != "multilabel":
+        q = conformal_quantile(probs[np.arange(n), yy.astype(int)], alpha)
+        conformal = {"alpha": alpha, "quantile": q, "n_calibration": n}
+    calibration = Calibration(
+        calibrator=calibrator,
+        task_name=task.name,
+        task_fingerprint=task.fingerprint(),
+        model=model,
+        prompt_hash=prompt_hash(task),
+        kind=task.kind,
+        labels=task.label_names,
+        n_fitted=n,
+        selection=selection.as_dict(),
+        routing=routing,
+        conformal=conformal,
+    )
+    return calibration, probs
+
+
+def top_label_view(
+    task: Task, probs: FloatArray, y: NDArray[Any]
+) -> tuple[FloatArray, NDArray[np.bool_]]:
+    """Confidence and correctness per row, as the classifier decides.
+
+    Multilabel rows take their least certain label's confidence and are right only when
+    every label is.
+    """
+    if task.kind == "multilabel":
+        conf_per = np.maximum(probs, 1 - probs)
+        right = (probs >= 0.5) == y.astype(bool)
+        return conf_per.min(axis=1), right.all(axis=1)
+    return probs.max(axis=1), probs.argmax(axis=1) == y.astype(int)
+
+
+def label_indices(task: Task, labels: Sequence[Any]) -> NDArray[Any]:
+    """True labels (names, or lists of names for multilabel) as indices / a 0/1 matrix."""
+    names = task.label_names
+    index = {name: i for i, name in enumerate(names)}
+    if task.kind == "multilabel":
+        out = np.zeros((len(labels), len(names)), dtype=np.int64)
+        for r, value in enumerate(labels):
+            chosen = [value] if isinstance(value, str) else list(value or [])
+            for name in chosen:
+                if name not in index:
+                    raise CalibrationError(f"row {r + 1}: label {name!r} is not one of the "
+                                           f"task's labels ({', '.join(names)})")
+                out[r, index[name]] = 1
+        return out
+    idx = []
+    for r, value in enumerate(labels):
+        key = ("true" if value else "false") if isinstance(value, bool) else value
+        if key not in index:
+            raise CalibrationError(f"row {r + 1}: label {value!r} is not one of the task's "
+                                   f"labels ({', '.join(names)})")
+        idx.append(index[key])
+    return np.asarray(idx, dtype=np.int64)

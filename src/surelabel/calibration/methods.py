@@ -1,0 +1,345 @@
+"""The calibration methods.
+
+- :class:`TemperatureScaling` (Guo et al. 2017): divide the label log-probabilities by one
+  learned temperature. Keeps the ranking of labels, so accuracy is unchanged.
+- :class:`PlattScaling` (Platt 1999): logistic regression on the log-odds of a binary
+  distribution, with Platt's smoothed targets.
+- :class:`IsotonicCalibration` (Zadrozny & Elkan 2002): a monotone step function of the
+  log-odds, fitted by pool-adjacent-violators.
+- :class:`ContextualCalibration` (Zhao et al. 2021): the model's bias is its label
+  distribution for content-free inputs ("N/A", "", "[MASK]"); dividing it out needs no
+  labels at all. ``fit`` takes the content-free inputs' log-probabilities.
+- :class:`PerLabelCalibrator`: one binary calibrator per label of a multilabel task.
+
+All are numpy only (no scikit-learn or scipy at run time).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from surelabel.calibration.base import (
+    BaseCalibrator,
+    FloatArray,
+    as_logprobs,
+    check_labels,
+    distribution_logprobs,
+    log_softmax,
+    softmax,
+)
+from surelabel.distribution import LabelDistribution
+from surelabel.errors import CalibrationError, NotFittedError
+
+
+def _nll(logprobs: FloatArray, y: np.ndarray[Any, Any]) -> float:
+    return float(-np.mean(logprobs[np.arange(len(y)), y]))
+
+
+def _golden_min(f: Any, lo: float, hi: float, iters: int = 80) -> float:
+    """Minimum of a unimodal function on [lo, hi] by golden-section search."""
+    ratio = (np.sqrt(5) - 1) / 2
+    a, b = lo, hi
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = f(c), f(d)
+    for _ in range(iters):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = f(d)
+    return float((a + b) / 2)
+
+
+class TemperatureScaling(BaseCalibrator):
+    """softmax(logprobs / T), with T fitted by minimizing the log loss.
+
+    Parameters
+    ----------
+    min_temperature, max_temperature:
+        Search range for T (T > 1 softens, T < 1 sharpens).
+    """
+
+    method: ClassVar[str] = "temperature"
+    _state: ClassVar[tuple[str, ...]] = ("temperature_",)
+
+    def __init__(self, min_temperature: float = 0.05, max_temperature: float = 50.0) -> None:
+        self.min_temperature = min_temperature
+        self.max_temperature = max_temperature
+
+    def fit(self, logprobs: ArrayLike, y: ArrayLike | None = None) -> TemperatureScaling:
+        x = as_logprobs(logprobs)
+        labels = check_labels(y, len(x), x.shape[1])
+        # The log loss is convex in 1/T, hence unimodal in log T.
+        log_t = _golden_min(
+            lambda lt: _nll(log_softmax(x / np.exp(lt)), labels),
+            float(np.log(self.min_temperature)),
+            float(np.log(self.max_temperature)),
+        )
+        self.temperature_ = float(np.exp(log_t))
+        self.n_classes_ = x.shape[1]
+        return self
+
+    def _transform(self, logprobs: FloatArray) -> FloatArray:
+        return softmax(logprobs / self.temperature_)
+
+
+def _binary_scores(x: FloatArray, method: str) -> FloatArray:
+    if x.shape[1] != 2:
+        raise ValueError(f"{method} calibration is for binary distributions (2 labels), "
+                         f"got {x.shape[1]}; use temperature scaling for multiclass tasks")
+    return np.asarray(x[:, 0] - x[:, 1], dtype=np.float64)
+
+
+def _sigmoid(z: FloatArray) -> FloatArray:
+    return np.asarray(0.5 * (1 + np.tanh(z / 2)), dtype=np.float64)
+
+
+class PlattScaling(BaseCalibrator):
+    """P(first label) = sigmoid(a * log-odds + b), fitted by Newton's method.
+
+    Targets are smoothed as Platt proposed ((N+ + 1)/(N+ + 2) and 1/(N- + 2)), which keeps
+    the fit finite on separable data.
+    """
+
+    method: ClassVar[str] = "platt"
+    _state: ClassVar[tuple[str, ...]] = ("a_", "b_")
+
+    def __init__(self, max_iter: int = 100) -> None:
+        self.max_iter = max_iter
+
+    def fit(self, logprobs: ArrayLike, y: ArrayLike | None = None) -> PlattScaling:
+        x = as_logprobs(logprobs)
+        s = _binary_scores(x, self.method)
+        labels = check_labels(y, len(x), 2)
+        pos = labels == 0
+        n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+        t = np.where(pos, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
+        design = np.stack([s, np.ones_like(s)], axis=1)
+
+        def loss(w: FloatArray) -> float:
+            z = design @ w
+            # Cross-entropy with soft targets, written stably: log(1 + e^z) - t z.
+            return float(np.mean(np.logaddexp(0.0, z) - t * z))
+
+        w = np.array([1.0, 0.0])
+        current = loss(w)
+        for _ in range(self.max_iter):
+            p = _sigmoid(design @ w)
+            grad = design.T @ (p - t)
+            hess = design.T @ (design * (p * (1 - p))[:, None]) + 1e-9 * np.eye(2)
+            step = np.linalg.solve(hess, grad)
+            # Newton with backtracking: a full step can overshoot on near-separable data.
+            scale = 1.0
+            while scale > 1e-6 and loss(w - scale * step) > current:
+                scale /= 2
+            w = w - scale * step
+            new = loss(w)
+            if current - new < 1e-12:
+                current = new
+                break
+            current = new
+        self.a_, self.b_ = float(w[0]), float(w[1])
+        self.n_classes_ = 2
+        return self
+
+    def _transform(self, logprobs: FloatArray) -> FloatArray:
+        p = _sigmoid(self.a_ * _binary_scores(logprobs, self.method) + self.b_)
+        return np.stack([p, 1 - p], axis=1)
+
+
+def _pava(y: FloatArray, w: FloatArray) -> FloatArray:
+    """Non-decreasing least-squares fit of ``y`` (pool adjacent violators)."""
+    values: list[float] = []
+    weights: list[float] = []
+    sizes: list[int] = []
+    for yi, wi in zip(y, w, strict=True):
+        values.append(float(yi))
+        weights.append(float(wi))
+        sizes.append(1)
+        while len(values) > 1 and values[-2] > values[-1]:
+            wt = weights[-2] + weights[-1]
+            v = (values[-2] * weights[-2] + values[-1] * weights[-1]) / wt
+            size = sizes[-2] + sizes[-1]
+            del values[-1], weights[-1], sizes[-1]
+            values[-1], weights[-1], sizes[-1] = v, wt, size
+    return np.repeat(np.array(values), sizes)
+
+
+class IsotonicCalibration(BaseCalibrator):
+    """A non-decreasing map from the log-odds to P(first label), linear between fitted points.
+
+    Parameters
+    ----------
+    eps:
+        Calibrated probabilities are kept in [eps, 1 - eps]: a step function fitted on a few
+        hundred items would otherwise claim certainty (and an infinite log loss).
+    """
+
+    method: ClassVar[str] = "isotonic"
+    _state: ClassVar[tuple[str, ...]] = ("x_", "y_")
+
+    def __init__(self, eps: float = 1e-3) -> None:
+        self.eps = eps
+
+    def fit(self, logprobs: ArrayLike, y: ArrayLike | None = None) -> IsotonicCalibration:
+        x = as_logprobs(logprobs)
+        s = _binary_scores(x, self.method)
+        labels = check_labels(y, len(x), 2)
+        order = np.argsort(s, kind="mergesort")
+        s_sorted = s[order]
+        target = (labels[order] == 0).astype(np.float64)
+        # Tied scores are one point with their mean target.
+        uniq, start, counts = np.unique(s_sorted, return_index=True, return_counts=True)
+        means = np.add.reduceat(target, start) / counts
+        fitted = _pava(means, counts.astype(np.float64))
+        self.x_ = uniq.astype(np.float64)
+        self.y_ = np.clip(fitted, self.eps, 1 - self.eps)
+        self.n_classes_ = 2
+        return self
+
+    def _transform(self, logprobs: FloatArray) -> FloatArray:
+        p = np.interp(_binary_scores(logprobs, self.method), self.x_, self.y_)
+        return np.stack([p, 1 - p], axis=1)
+
+
+class ContextualCalibration(BaseCalibrator):
+    """Divide out the model's bias measured on content-free inputs (Zhao et al. 2021).
+
+    ``fit`` takes the label log-probabilities the model gives to content-free inputs such as
+    ``"N/A"``, ``""`` and ``"[MASK]"`` (see :data:`CONTENT_FREE`); their mean distribution
+    ``p_cf`` is the bias, and a calibrated distribution is proportional to ``p / p_cf``.
+    True labels are not needed (``y`` is ignored).
+    """
+
+    method: ClassVar[str] = "contextual"
+    needs_labels: ClassVar[bool] = False
+    _state: ClassVar[tuple[str, ...]] = ("bias_",)
+
+    def __init__(self) -> None:
+        pass
+
+    def fit(self, logprobs: ArrayLike, y: ArrayLike | None = None) -> ContextualCalibration:
+        del y
+        x = as_logprobs(logprobs)
+        self.bias_ = np.log(np.mean(np.exp(x), axis=0))
+        self.n_classes_ = x.shape[1]
+        return self
+
+    def _transform(self, logprobs: FloatArray) -> FloatArray:
+        return softmax(logprobs - self.bias_[None, :])
+
+
+#: Content-free inputs used to estimate a model's label bias (Zhao et al. 2021).
+CONTENT_FREE: tuple[str, ...] = ("N/A", "", "[MASK]")
+
+CALIBRATORS: dict[str, type[BaseCalibrator]] = {
+    cls.method: cls
+    for cls in (TemperatureScaling, PlattScaling, IsotonicCalibration, ContextualCalibration)
+}
+#: Methods that only apply to binary (two-label) distributions.
+BINARY_ONLY = ("platt", "isotonic")
+
+
+def make_calibrator(method: str, **params: Any) -> BaseCalibrator:
+    try:
+        cls = CALIBRATORS[method]
+    except KeyError:
+        raise CalibrationError(
+            f"unknown calibration method {method!r}; expected one of {', '.join(CALIBRATORS)}"
+        ) from None
+    return cls(**params)
+
+
+class PerLabelCalibrator:
+    """One binary calibrator per label of a multilabel task.
+
+    ``fit`` takes an (n, L, 2) array of each label's (true, false) log-probabilities and an
+    (n, L) array of 0/1 (1 = the label applies). For contextual calibration pass the
+    content-free inputs' (m, L, 2) log-probabilities and ``y=None``.
+    """
+
+    def __init__(self, method: str, labels: tuple[str, ...] | list[str]) -> None:
+        self.method = method
+        self.labels = labels
+
+    def fit(self, logprobs: ArrayLike, y: ArrayLike | None = None) -> PerLabelCalibrator:
+        x = np.asarray(logprobs, dtype=np.float64)
+        if x.ndim != 3 or x.shape[1] != len(self.labels) or x.shape[2] != 2:
+            raise ValueError(f"expected an (n, {len(self.labels)}, 2) array, got {x.shape}")
+        yy = None if y is None else np.asarray(y)
+        fitted: dict[str, BaseCalibrator] = {}
+        for j, name in enumerate(self.labels):
+            # Index 0 of each (true, false) pair is "true".
+            target = None if yy is None else np.where(yy[:, j].astype(bool), 0, 1)
+            fitted[name] = make_calibrator(self.method).fit(x[:, j, :], target)
+        self.calibrators_ = fitted
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "calibrators_"):
+            raise NotFittedError("this PerLabelCalibrator is not fitted yet; call fit() first")
+
+    def predict_proba(self, logprobs: ArrayLike) -> FloatArray:
+        """(n, L) probability that each label applies."""
+        self._check_fitted()
+        x = np.asarray(logprobs, dtype=np.float64)
+        cols = [self.calibrators_[name].predict_proba(x[:, j, :])[:, 0]
+                for j, name in enumerate(self.labels)]
+        return np.stack(cols, axis=1)
+
+    def calibrate(
+        self, distribution: LabelDistribution, label: str | None = None
+    ) -> LabelDistribution:
+        self._check_fitted()
+        if label is None or label not in self.calibrators_:
+            raise CalibrationError(
+                f"multilabel calibration needs one of the task's labels, got {label!r}"
+            )
+        row = distribution_logprobs(distribution)[None, :]
+        p = self.calibrators_[label].predict_proba(row)[0]
+        return distribution.with_probabilities(p.tolist())
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        del deep
+        return {"method": self.method, "labels": list(self.labels)}
+
+    def to_dict(self) -> dict[str, Any]:
+        self._check_fitted()
+        return {
+            "method": self.method,
+            "per_label": {name: c.to_dict() for name, c in self.calibrators_.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PerLabelCalibrator:
+        try:
+            per = data["per_label"]
+            obj = cls(data["method"], tuple(per))
+            obj.calibrators_ = {
+                name: CALIBRATORS[item["method"]].from_dict(item) for name, item in per.items()
+            }
+        except (KeyError, TypeError) as exc:
+            raise CalibrationError(f"per-label calibrator: malformed state ({exc})") from exc
+        return obj
+
+
+Calibrator = BaseCalibrator | PerLabelCalibrator
+
+
+def calibrator_from_dict(data: dict[str, Any]) -> Calibrator:
+    """Rebuild a fitted calibrator from :meth:`to_dict` data."""
+    if not isinstance(data, dict) or "method" not in data:
+        raise CalibrationError("calibrator: expected a mapping with a 'method'")
+    if "per_label" in data:
+        return PerLabelCalibrator.from_dict(data)
+    method = data["method"]
+    if method not in CALIBRATORS:
+        raise CalibrationError(f"calibrator: unknown method {method!r}")
+    return CALIBRATORS[method].from_dict(data)
+

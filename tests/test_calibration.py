@@ -1,0 +1,249 @@
+"""Calibrators: estimator contract, the fitted maps, auto selection, and calibration files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from surelabel import metrics
+from surelabel.calibration import (
+    Calibration,
+    ContextualCalibration,
+    IsotonicCalibration,
+    PerLabelCalibrator,
+    PlattScaling,
+    TemperatureScaling,
+    fit_calibration,
+    label_indices,
+    load,
+    top_label_view,
+)
+from surelabel.calibration.base import softmax
+from surelabel.classifier import Classifier
+from surelabel.distribution import LabelDistribution
+from surelabel.errors import CalibrationError, NotFittedError
+from surelabel.task import Task, load_task
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = REPO / "bench" / "tasks"
+
+
+def overconfident(n: int, k: int, seed: int = 0, sharpness: float = 3.0):
+    """Log-probs whose softmax is ``sharpness`` times too sharp, and labels drawn from the truth."""
+    rng = np.random.default_rng(seed)
+    true_logits = rng.normal(size=(n, k)) * 1.5
+    p = softmax(true_logits)
+    y = np.array([rng.choice(k, p=row) for row in p])
+    return true_logits * sharpness, y
+
+
+@pytest.fixture(scope="module")
+def trec() -> Task:
+    return load_task(TASKS / "trec.yaml")
+
+
+@pytest.fixture(scope="module")
+def sst2() -> Task:
+    return load_task(TASKS / "sst2.yaml")
+
+
+@pytest.fixture(scope="module")
+def emotions() -> Task:
+    return load_task(TASKS / "go_emotions.yaml")
+
+
+@pytest.mark.parametrize(
+    "cls", [TemperatureScaling, PlattScaling, IsotonicCalibration, ContextualCalibration]
+)
+def test_estimator_contract(cls: type) -> None:
+    est = cls()
+    assert not [k for k in vars(est) if k.endswith("_")]  # __init__ stores arguments only
+    with pytest.raises(NotFittedError):
+        est.predict_proba(np.zeros((1, 2)))
+    with pytest.raises(NotFittedError):
+        est.calibrate(LabelDistribution.from_logprobs(["a", "b"], [-0.1, -2.0]))
+    x, y = overconfident(200, 2)
+    assert est.fit(x, y) is est
+    assert [k for k in vars(est) if k.endswith("_")]
+    assert est.get_params() == cls().get_params()
+
+
+def test_temperature_recovers_sharpness() -> None:
+    x, y = overconfident(4000, 4, sharpness=3.0)
+    cal = TemperatureScaling().fit(x, y)
+    assert cal.temperature_ == pytest.approx(3.0, rel=0.15)
+    before = metrics.log_loss(y, softmax(x))
+    after = metrics.log_loss(y, cal.predict_proba(x))
+    assert after < before
+    # Temperature keeps the ranking, so the predicted labels do not change.
+    assert (cal.predict_proba(x).argmax(1) == softmax(x).argmax(1)).all()
+
+
+@pytest.mark.parametrize("cls", [PlattScaling, IsotonicCalibration])
+def test_binary_calibrators_reduce_ece(cls: type) -> None:
+    x, y = overconfident(3000, 2, seed=1)
+    fit, held = slice(0, 1500), slice(1500, None)
+    cal = cls().fit(x[fit], y[fit])
+    p = cal.predict_proba(x[held])
+    conf, ok = p.max(1), p.argmax(1) == y[held]
+    raw = softmax(x[held])
+    assert metrics.calibration_error(conf, ok, 10, "quantile") < metrics.calibration_error(
+        raw.max(1), raw.argmax(1) == y[held], 10, "quantile"
+    )
+    assert np.allclose(p.sum(1), 1)
+
+
+def test_binary_calibrators_refuse_multiclass() -> None:
+    x, y = overconfident(50, 3)
+    with pytest.raises(ValueError, match="binary"):
+        PlattScaling().fit(x, y)
+
+
+def test_contextual_divides_out_bias_without_labels() -> None:
+    # Content-free inputs say 80/20: the bias. An item at 80/20 becomes 50/50.
+    cf = np.log([[0.8, 0.2], [0.8, 0.2]])
+    cal = ContextualCalibration().fit(cf)
+    assert cal.predict_proba(np.log([[0.8, 0.2]]))[0] == pytest.approx([0.5, 0.5])
+    assert cal.predict_proba(np.log([[0.5, 0.5]]))[0] == pytest.approx([0.2, 0.8])
+
+
+def test_calibrate_hook_keeps_distribution_shape() -> None:
+    x, y = overconfident(300, 3)
+    cal = TemperatureScaling().fit(x, y)
+    dist = LabelDistribution.from_logprobs(["a", "b", "c"], [-0.01, -5.0, -7.0])
+    out = cal.calibrate(dist)
+    assert out.labels == dist.labels and out.logprobs == dist.logprobs
+    assert sum(out.probabilities) == pytest.approx(1.0)
+    assert out.confidence < dist.confidence  # overconfident model, T > 1
+
+
+def test_per_label_calibrator(emotions: Task) -> None:
+    rng = np.random.default_rng(0)
+    n, L = 300, len(emotions.labels)
+    p_true = rng.random((n, L))
+    y = (rng.random((n, L)) < p_true).astype(int)
+    sharp = np.clip(p_true, 0.01, 0.99) ** 3
+    x = np.log(np.stack([sharp, 1 - sharp], axis=2))
+    cal = PerLabelCalibrator("platt", emotions.label_names).fit(x, y)
+    assert cal.predict_proba(x).shape == (n, L)
+    dist = LabelDistribution.from_logprobs(["true", "false"], [-0.05, -3.0])
+    assert cal.calibrate(dist, "joy").labels == ("true", "false")
+    with pytest.raises(CalibrationError):
+        cal.calibrate(dist, None)
+
+
+def test_auto_picks_by_cross_validated_log_loss(sst2: Task) -> None:
+    x, y = overconfident(400, 2, seed=4)
+    cf = np.log([[0.6, 0.4], [0.7, 0.3], [0.55, 0.45]])
+    calibration, oof = fit_calibration(sst2, "m", x, y, content_free=cf)
+    sel = calibration.selection
+    assert sel is not None
+    assert set(sel["cv_log_loss"]) == {"temperature", "platt", "isotonic", "contextual", "none"}
+    chosen = sel["method"]
+    assert chosen == min(
+        (m for m in sel["cv_log_loss"] if m != "none"), key=lambda m: sel["cv_log_loss"][m]
+    )
+    assert f"auto picked {chosen}" in sel["reason"]
+    assert oof.shape == (400, 2)
+
+
+def test_explicit_method_must_fit_the_task(trec: Task) -> None:
+    x, y = overconfident(50, 6)
+    with pytest.raises(CalibrationError, match="binary"):
+        fit_calibration(trec, "m", x, y, method="platt")
+    with pytest.raises(CalibrationError, match="content-free"):
+        fit_calibration(trec, "m", x, y, method="contextual")
+    with pytest.raises(CalibrationError, match="unknown"):
+        fit_calibration(trec, "m", x, y, method="magic")
+    with pytest.raises(CalibrationError, match="at least"):
+        fit_calibration(trec, "m", x[:5], y[:5])
+
+
+def test_file_round_trip_and_refusals(trec: Task, sst2: Task, tmp_path: Path) -> None:
+    x, y = overconfident(300, 6, seed=2)
+    calibration, _ = fit_calibration(
+        trec, "model-a", x, y, method="temperature", target_error=0.2, delta=0.1, alpha=0.1
+    )
+    path = tmp_path / "cal.json"
+    calibration.save(path)
+    data = json.loads(path.read_text())
+    assert data["version"] == 1 and data["model"] == "model-a"
+    assert data["task"]["fingerprint"] == trec.fingerprint()
+    loaded = load(path, trec, "model-a")
+    assert loaded.accept_threshold == calibration.accept_threshold
+    assert loaded.conformal_quantile == calibration.conformal_quantile
+    np.testing.assert_allclose(
+        loaded.calibrator.predict_proba(x), calibration.calibrator.predict_proba(x)
+    )
+    with pytest.raises(CalibrationError, match="task 'trec'"):
+        load(path, sst2)
+    with pytest.raises(CalibrationError, match="model 'model-a'"):
+        load(path, trec, "model-b")
+    changed = Task.from_dict({**trec.to_dict(), "instructions": "Something else."})
+    with pytest.raises(CalibrationError, match="different version"):
+        load(path, changed)
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(CalibrationError, match="not a surelabel calibration"):
+        load(tmp_path / "bad.json")
+    with pytest.raises(CalibrationError, match="cannot read"):
+        load(tmp_path / "missing.json")
+    data["version"] = 99
+    (tmp_path / "new.json").write_text(json.dumps(data))
+    with pytest.raises(CalibrationError, match="version 99"):
+        load(tmp_path / "new.json")
+
+
+class _FakeBackend:
+    """A backend that scores labels by fixed log-probabilities (no model)."""
+
+    model_name = "fake"
+
+    def __init__(self, logprobs: list[float]) -> None:
+        from surelabel.backends.base import Capabilities
+
+        self.capabilities = Capabilities(exact_scoring=True)
+        self._logprobs = logprobs
+
+    def score(self, messages, prefix, continuations, *, closer=""):  # type: ignore[no-untyped-def]
+        from surelabel.backends.base import ScoreResult
+
+        return ScoreResult(tuple(self._logprobs[: len(continuations)]))
+
+
+def test_classifier_applies_calibration(trec: Task) -> None:
+    x, y = overconfident(300, 6, seed=3)
+    calibration, _ = fit_calibration(trec, "fake", x, y, method="temperature", alpha=0.2)
+    backend = _FakeBackend([-0.01, -5, -6, -7, -8, -9])
+    record = Classifier(trec, backend, calibrator=calibration).classify_one("What is X?", 1)
+    raw = Classifier(trec, backend).classify_one("What is X?", 1)
+    assert record.extra["calibrated"] is True
+    assert record.confidence is not None and raw.confidence is not None
+    assert record.confidence < raw.confidence
+    dist = LabelDistribution.from_probabilities(record.probabilities or {})
+    assert calibration.label_set(dist)
+
+
+def test_label_indices_and_top_label_view(trec: Task, emotions: Task) -> None:
+    assert list(label_indices(trec, ["entity", "human"])) == [1, 3]
+    with pytest.raises(CalibrationError, match="not one of"):
+        label_indices(trec, ["colour"])
+    m = label_indices(emotions, [["joy", "fear"], [], "anger"])
+    assert m.tolist()[0] == [1, 0, 0, 0, 0, 0, 1] and m[1].sum() == 0 and m[2, 2] == 1
+    probs = np.array([[0.9, 0.2], [0.6, 0.4]])
+    y = np.array([[1, 0], [0, 0]])
+    conf, ok = top_label_view(
+        Task.from_dict({"name": "t", "instructions": "i", "kind": "multilabel",
+                        "labels": ["a", "b"]}),
+        probs, y,
+    )
+    np.testing.assert_allclose(conf, [0.8, 0.6])
+    assert ok.tolist() == [True, False]
+
+
+def test_calibration_is_a_classifier_calibrator() -> None:
+    from surelabel.classifier import Calibrator
+
+    assert hasattr(Calibration, "calibrate") and Calibrator is not None
