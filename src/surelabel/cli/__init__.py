@@ -11,7 +11,7 @@ from typing import NoReturn
 from surelabel.errors import SurelabelError
 
 # Modules under surelabel.cli that define `register(subparsers)`.
-COMMANDS = ("classify",)
+COMMANDS = ("classify", "serve", "users", "tokens", "export", "evaluate", "calibrate")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,109 @@
+"""`surelabel users / tokens / export` in process, and `surelabel serve` as a real process
+(uvicorn on 127.0.0.1 with the embedded model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from surelabel.cli import main
+from surelabel.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_users_tokens_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = f"sqlite:///{tmp_path / 'cli.db'}"
+    assert main(["users", "add", "alice", "--role", "reviewer", "--db", db]) == 0
+    password = capsys.readouterr().out.strip().rsplit(" ", 1)[1]
+    assert main(["users", "add", "alice", "--db", db]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["tokens", "create", "ingest-bot", "--db", db]) == 0
+    token = capsys.readouterr().out.strip()
+    assert token.startswith("sl_")
+    assert main(["tokens", "list", "--db", db]) == 0
+    listing = capsys.readouterr().out
+    assert "ingest-bot\tclassify read\tactive" in listing and token not in listing
+
+    with Store(db) as store:
+        assert store.authenticate("alice", password) is not None
+        tok = store.check_token(token)
+        assert tok is not None and tok.scopes == ("classify", "read")
+        rec = {"text": "tomato", "label": "fruit", "confidence": 0.6, "decision": "review",
+               "probabilities": {"fruit": 0.6, "vegetable": 0.4}, "error": None}
+        a, _ = store.add_item("fruit_veg_herb", {**rec, "id": "a"})
+        b, _ = store.add_item("fruit_veg_herb", {**rec, "id": "b", "text": "plum"})
+        c, _ = store.add_item("fruit_veg_herb", {**rec, "id": "c", "text": "??"})
+        store.add_item("fruit_veg_herb", {**rec, "id": "d", "text": "open one"})
+        store.answer(a.id, "alice", label="vegetable")
+        store.answer(b.id, "alice", label="fruit")
+        store.answer(c.id, "alice", clarify=True, note="unclear")
+
+    out = tmp_path / "reviewed.jsonl"
+    task_file = REPO / "examples" / "fruit_veg_herb.yaml"
+    assert main(["export", str(task_file), "--reviewed", "-o", str(out), "--db", db]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["id"], r["text"], r["label"], r["model_label"]) for r in rows] == [
+        ("a", "tomato", "vegetable", "fruit"), ("b", "plum", "fruit", "fruit")]
+    assert main(["export", "fruit_veg_herb", "--db", db]) == 0
+    everything = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(everything) == 4 and everything[2]["review"]["action"] == "clarify"
+
+    assert main(["tokens", "revoke", "ingest-bot", "--db", db]) == 0
+    assert main(["tokens", "revoke", "ingest-bot", "--db", db]) == 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.model
+def test_serve_process_with_embedded_model(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'serve.db'}"
+    with Store(db) as store:
+        token = store.create_token("bot", ["classify", "read"])
+    port = free_port()
+    exe = [sys.executable, "-c", "from surelabel.cli import entry; entry()"]
+    proc = subprocess.Popen(
+        [*exe, "serve", str(REPO / "examples" / "fruit_veg_herb.yaml"), "--db", db,
+         "--port", str(port), "--no-reason", "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{base}/openapi.json", timeout=1)
+                break
+            except httpx.TransportError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    msg = proc.stderr.read() if proc.stderr else "no output"
+                    raise AssertionError(msg) from None
+                time.sleep(0.2)
+        h = {"Authorization": f"Bearer {token}"}
+        r = httpx.post(f"{base}/v1/tasks/fruit_veg_herb/classify",
+                       json={"text": "basil", "id": "b-1"}, headers=h, timeout=60)
+        assert r.status_code == 200, r.text
+        rec = r.json()
+        assert rec["label"] in ("fruit", "vegetable", "herb") and rec["method"] == "exact"
+        assert abs(sum(rec["probabilities"].values()) - 1) < 1e-4
+        again = httpx.post(f"{base}/v1/tasks/fruit_veg_herb/classify",
+                           json={"text": "basil", "id": "b-1"}, headers=h, timeout=60)
+        assert again.json()["item_id"] == rec["item_id"]
+        assert httpx.get(f"{base}/v1/tasks", timeout=5).status_code == 401
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert "serving fruit_veg_herb" in (proc.stderr.read() if proc.stderr else "")
