@@ -18,7 +18,9 @@ from surelabel.task import Task, Thresholds
 class Calibrator(Protocol):
     """Anything that maps a raw label distribution to a calibrated one."""
 
-    def calibrate(self, distribution: LabelDistribution, label: str | None = None) -> LabelDistribution:
+    def calibrate(
+        self, distribution: LabelDistribution, label: str | None = None
+    ) -> LabelDistribution:
         """``label`` names the label of a multilabel task's (true, false) distribution."""
         ...
 

@@ -48,14 +48,14 @@ def _object_members(text: str, i: int) -> list[tuple[str, int, int, Any]]:
     """Members of the JSON object starting at ``text[i] == '{'``: (key, start, end, value)."""
     if i >= len(text) or text[i] != "{":
         raise OffSchemaError("answer is not a JSON object")
-    members = []
+    members: list[tuple[str, int, int, Any]] = []
     i = _skip_ws(text, i + 1)
     if i < len(text) and text[i] == "}":
         return members
     while True:
         if i >= len(text) or text[i] != '"':
             raise OffSchemaError(f"expected a field name at character {i} of the answer")
-        key, i = json.decoder.scanstring(text, i + 1)
+        key, i = json.decoder.scanstring(text, i + 1)  # type: ignore[attr-defined]
         i = _skip_ws(text, i)
         if i >= len(text) or text[i] != ":":
             raise OffSchemaError(f"expected ':' after field {key!r}")
@@ -82,14 +82,14 @@ def locate_value(text: str, path: Sequence[str]) -> ValueSpan:
     i = text.find("{")
     if i < 0:
         raise OffSchemaError(f"no JSON object in the answer: {text[:60]!r}")
+    start = end = 0
+    value: Any = None
     for depth, key in enumerate(path):
-        for name, start, end, value in _object_members(text, i):
-            if name == key:
-                break
-        else:
+        found = [m for m in _object_members(text, i) if m[0] == key]
+        if not found:
             raise OffSchemaError(f"answer has no field {'.'.join(path[: depth + 1])!r}")
-        if depth < len(path) - 1:
-            i = start
+        _, start, end, value = found[0]
+        i = start
     content = start + 1 if isinstance(value, str) else start
     return ValueSpan(value=value, start=start, end=end, content_start=content)
 

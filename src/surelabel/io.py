@@ -80,7 +80,7 @@ def read_rows(
 
 
 def _read_jsonl(content: str, name: str, text_field: str) -> list[Row]:
-    rows = []
+    rows: list[Row] = []
     for lineno, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
             continue
@@ -114,7 +114,7 @@ def _read_csv(content: str, name: str, text_field: str) -> list[Row]:
             f"{name}:1: no {text_field!r} column in the header "
             f"({', '.join(reader.fieldnames)}); choose one with --text-field"
         )
-    rows = []
+    rows: list[Row] = []
     try:
         for rec in reader:
             rows.append(

@@ -61,19 +61,21 @@ def exact(backend: Backend, task: Task, text: str, want_reason: bool) -> MethodR
     messages = prompt.messages(task, text)
     warnings: list[str] = []
     chosen: str | tuple[str, ...]
+    per_label: dict[str, LabelDistribution] | None = None
+    dist_single: LabelDistribution | None = None
     if task.kind == "multilabel":
         answers: dict[str, bool] = {}
-        per_label: dict[str, LabelDistribution] = {}
+        per_label = {}
         for name in task.label_names:
             # Each label is scored after the answers already fixed for earlier labels,
             # the order in which the model itself writes them.
-            result = backend.score(messages, prompt.answer_prefix(task, answers), [" true", " false"])
+            pre = prompt.answer_prefix(task, answers)
+            result = backend.score(messages, pre, prompt.continuations(task))
             warnings.extend(w for w in result.warnings if w not in warnings)
             dist = LabelDistribution.from_logprobs(BINARY, result.logprobs)
             per_label[name] = dist
             answers[name] = dist.label == "true"
         chosen = tuple(name for name, yes in answers.items() if yes)
-        dist_single = None
     else:
         result = backend.score(
             messages,
@@ -83,7 +85,6 @@ def exact(backend: Backend, task: Task, text: str, want_reason: bool) -> MethodR
         )
         warnings.extend(result.warnings)
         dist_single = LabelDistribution.from_logprobs(task.label_names, result.logprobs)
-        per_label = None
         chosen = dist_single.label
     reason = None
     if want_reason:

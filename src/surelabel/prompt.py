@@ -124,7 +124,8 @@ def continuations(task: Task) -> list[str]:
     """
     if task.kind == "multilabel":
         return [" true", " false"]
-    return [" " + value_literal(task, name)[: -len(closer(task)) or None] for name in task.label_names]
+    cut = -len(closer(task)) or None
+    return [" " + value_literal(task, name)[:cut] for name in task.label_names]
 
 
 def closer(task: Task) -> str:

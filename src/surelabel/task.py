@@ -7,11 +7,11 @@ and the problem, and are raised as :class:`~surelabel.errors.TaskError`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
-import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
@@ -200,7 +200,7 @@ class Task:
         if kind not in KINDS:
             raise TaskError(f"kind: unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
         labels = _parse_labels(data.get("labels"), kind)
-        default_field = "answer" if kind == "binary" else ("labels" if kind == "multilabel" else "label")
+        default_field = {"binary": "answer", "multilabel": "labels"}.get(kind, "label")
         reason = data.get("reason", False)
         if not isinstance(reason, bool):
             raise TaskError(f"reason: must be true or false, got {reason!r}")
