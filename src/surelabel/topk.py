@@ -166,6 +166,8 @@ class _Walk:
                 if not surface.startswith(consumed):
                     continue
                 remaining = surface[len(consumed) :]
+                if not remaining:
+                    continue  # ended at the previous token; its closer was read there
                 if rest.startswith(remaining):
                     tail = rest[len(remaining) :]
                     if tail == b"" and self.needs_closer[name]:
