@@ -19,7 +19,7 @@ from surelabel.calibration.methods import Calibrator, calibrator_from_dict
 from surelabel.distribution import LabelDistribution
 from surelabel.errors import CalibrationError
 from surelabel.routing import RoutingResult, label_set
-from surelabel.task import Task
+from surelabel.task import Task, Thresholds
 
 FORMAT = "surelabel-calibration"
 VERSION = 1
@@ -84,6 +84,22 @@ class Calibration:
         if q is None:
             return None
         return label_set(distribution.labels, distribution.probabilities, q)
+
+    def thresholds(self, base: Thresholds, accept_given: bool = False) -> Thresholds:
+        """Decision thresholds with the fitted accept threshold, unless one was given."""
+        accept = self.accept_threshold
+        if accept is None or accept_given:
+            return base
+        return Thresholds(accept=accept, clarify=min(base.clarify, accept))
+
+    def annotate(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Add the conformal ``label_set`` to an output row (single-label tasks)."""
+        probs = record.get("probabilities")
+        if self.conformal_quantile is None or not probs or record.get("labels") is not None:
+            return record
+        dist = LabelDistribution.from_probabilities(probs)
+        record["label_set"] = self.label_set(dist)
+        return record
 
     # -- persistence --------------------------------------------------------------------
 

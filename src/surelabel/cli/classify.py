@@ -47,6 +47,9 @@ def register(sub: Any) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="start the output file afresh (default: resume it, classifying "
                         "only the rows it does not hold yet)")
+    p.add_argument("--calibration", metavar="FILE",
+                   help="apply a calibration file from `surelabel calibrate` (and its accept "
+                        "threshold and label sets, unless --accept is given)")
     add_threshold_args(p)
     add_backend_args(p)
     p.set_defaults(func=run)
@@ -57,12 +60,19 @@ def run(args: argparse.Namespace) -> int:
     thresholds = thresholds_from(args, task)
     rows = read_rows(args.input, text_field=args.text_field, fmt=args.input_format)
     backend = backend_from(args)
+    calibration = None
+    if args.calibration:
+        from surelabel.calibration import load as load_calibration
+
+        calibration = load_calibration(args.calibration, task, backend.model_name)
+        thresholds = calibration.thresholds(thresholds, accept_given=args.accept is not None)
     classifier = Classifier(
         task,
         backend,
         method=args.method,
         reason=False if args.no_reason else None,
         thresholds=thresholds,
+        calibrator=calibration,
     )
     to_stdout_jsonl = args.output is None and args.format == "jsonl"
     resumed = 0
@@ -81,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         for result in classify_ordered(classifier, rows[resumed:], workers):
             record = result.to_dict()
+            if calibration is not None:
+                record = calibration.annotate(record)
             if writer is not None:
                 writer.write(record)
             if args.format == "table":
