@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 import time
@@ -147,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--target-error", type=float, default=0.1)
     parser.add_argument("--delta", type=float, default=0.1)
+    parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--json", type=Path, default=RESULTS / "quality.json")
     args = parser.parse_args(argv)
     names = [s.strip() for s in args.sets.split(",") if s.strip()]
@@ -161,11 +161,177 @@ def main(argv: list[str] | None = None) -> int:
             predict(name, args, backend)
     if args.predict_only:
         return 0
-    from bench_quality_eval import evaluate_sets  # type: ignore[import-not-found]
+    return evaluate_sets(names, args)
 
-    return int(evaluate_sets(names, args))
+
+# -- metrics ------------------------------------------------------------------------------
+
+
+def _ci(fn: Any, conf: Any, ok: Any, n: int) -> list[float]:
+    from surelabel import metrics
+
+    lo, hi = metrics.bootstrap_ci(fn, conf, ok, n_resamples=n)
+    return [round(lo, 4), round(hi, 4)]
+
+
+def measure(conf: Any, ok: Any, n_boot: int) -> dict[str, Any]:
+    from surelabel import metrics
+
+    def ece(c: Any, o: Any) -> float:
+        return metrics.calibration_error(c, o, 10, "quantile")
+
+    return {
+        "n": len(conf),
+        "accuracy": round(float(ok.mean()), 4),
+        "ece": round(ece(conf, ok), 4),
+        "ece_ci95": _ci(ece, conf, ok, n_boot),
+        "debiased_ece": round(metrics.debiased_calibration_error(conf, ok, 10), 4),
+        "auroc": round(metrics.confidence_auroc_score(conf, ok), 4),
+        "auroc_ci95": _ci(metrics.confidence_auroc_score, conf, ok, n_boot),
+    }
+
+
+def evaluate_set(name: str, args: argparse.Namespace, model: str) -> dict[str, Any] | None:
+    import numpy as np
+
+    from surelabel.calibration import fit_calibration, label_indices, top_label_view
+    from surelabel.calibration.base import softmax
+    from surelabel.task import load_task
+
+    task_file, data_file = SETS[name]
+    task = load_task(TASKS / task_file)
+    n_data = sum(1 for line in (DATA / data_file).open(encoding="utf-8") if line.strip())
+    fit_idx, held_idx = split(n_data, args.max_rows)
+    cached = {r["i"]: r for r in read_jsonl(cache_path(name, "exact", task, model))}
+    fit_rows = [cached[i] for i in fit_idx if i in cached]
+    held_rows = [cached[i] for i in held_idx if i in cached]
+    if len(fit_rows) < 20 or len(held_rows) < 20:
+        print(f"{name}: too few cached rows ({len(fit_rows)}/{len(held_rows)}); "
+              "run without --no-predict", file=sys.stderr)
+        return None
+    multilabel = task.kind == "multilabel"
+
+    def arrays(rows: list[dict[str, Any]]) -> tuple[Any, Any]:
+        if multilabel:
+            x = np.array([[r["per_label"][n] for n in task.label_names] for r in rows])
+        else:
+            x = np.array([r["logprobs"] for r in rows])
+        return x, label_indices(task, [r["label"] for r in rows])
+
+    def probs_of(x: Any) -> Any:
+        if multilabel:
+            return np.stack([softmax(x[:, j, :])[:, 0] for j in range(x.shape[1])], axis=1)
+        return softmax(x)
+
+    cf_data = json.loads(
+        (RESULTS / f"{name}.contentfree.{task.fingerprint()}.{model}.json").read_text()
+    )
+    cf = np.array([cf_data[t]["per_label" if multilabel else "logprobs"] for t in CONTENT_FREE])
+    if multilabel:
+        cf = np.array([[cf_data[t]["per_label"][n] for n in task.label_names]
+                       for t in CONTENT_FREE])
+    x_fit, y_fit = arrays(fit_rows)
+    x_held, y_held = arrays(held_rows)
+    calibration, _ = fit_calibration(
+        task, model, x_fit, y_fit, content_free=cf, target_error=args.target_error,
+        delta=args.delta, alpha=None if multilabel else args.alpha,
+    )
+    raw = probs_of(x_held)
+    cal = calibration.calibrator.predict_proba(x_held)
+    conf_raw, ok_raw = top_label_view(task, raw, y_held)
+    conf_cal, ok_cal = top_label_view(task, cal, y_held)
+    out: dict[str, Any] = {
+        "set": name, "kind": task.kind, "n_fit": len(fit_rows), "n_held": len(held_rows),
+        "method": calibration.method,
+        "selection": (calibration.selection or {}).get("reason"),
+        "raw": measure(conf_raw, ok_raw, args.bootstrap),
+        "calibrated": measure(conf_cal, ok_cal, args.bootstrap),
+    }
+    routing = calibration.routing
+    assert routing is not None
+    accepted = conf_cal > routing.accept_threshold
+    held_error = float((~ok_cal[accepted]).mean()) if accepted.any() else None
+    out["routing"] = {
+        "target_error": args.target_error, "delta": args.delta,
+        "threshold": routing.threshold, "fit_accept_share": round(routing.accept_share, 4),
+        "held_accept_share": round(float(accepted.mean()), 4),
+        "held_error_among_accepted": None if held_error is None else round(held_error, 4),
+        "meets_target": held_error is None or held_error <= args.target_error,
+    }
+    if calibration.conformal_quantile is not None:
+        q = calibration.conformal_quantile
+        sets = [cal[i] >= 1 - q - 1e-12 for i in range(len(cal))]
+        covered = [bool(s[y]) or int(np.argmax(c)) == y for s, c, y in
+                   zip(sets, cal, y_held, strict=True)]
+        out["conformal"] = {"alpha": args.alpha, "held_coverage": round(float(np.mean(covered)), 4),
+                            "mean_set_size": round(float(np.mean([max(1, s.sum()) for s in sets])),
+                                                   3)}
+    seed_rows = {r["i"]: r for r in read_jsonl(cache_path(name, "seed", task, model))}
+    paired = [(cached[i], seed_rows[i]) for i in fit_idx + held_idx
+              if i in cached and i in seed_rows and "error" not in seed_rows[i]]
+    n_seed_errors = sum(1 for i in fit_idx + held_idx if "error" in seed_rows.get(i, {}))
+    if len(paired) >= 20:
+        xe, ye = arrays([p[0] for p in paired])
+        if multilabel:
+            sp = np.array([[p[1]["p_true"][n] for n in task.label_names] for p in paired])
+        else:
+            sp = np.array([p[1]["probabilities"] for p in paired])
+        ce, oke = top_label_view(task, probs_of(xe), ye)
+        cs, oks = top_label_view(task, sp, ye)
+        out["seed_vs_exact"] = {"n": len(paired), "seed_errors": n_seed_errors,
+                                "exact": measure(ce, oke, args.bootstrap),
+                                "seed": measure(cs, oks, args.bootstrap)}
+    return out
+
+
+def _fmt_ci(m: dict[str, Any], key: str) -> str:
+    lo, hi = m[f"{key}_ci95"]
+    return f"{m[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def evaluate_sets(names: list[str], args: argparse.Namespace) -> int:
+    from surelabel.backends.llamacpp import default_model_path
+
+    model = default_model_path().name.removesuffix(".gguf")
+    results = [r for r in (evaluate_set(n, args, model) for n in names) if r is not None]
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print("| set | rows fit/held | method (auto) | accuracy raw / cal | ECE raw [95% CI] | "
+          "ECE cal [95% CI] | debiased ECE raw / cal |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        raw, cal = r["raw"], r["calibrated"]
+        print(f"| {r['set']} | {r['n_fit']}/{r['n_held']} | {r['method']} | "
+              f"{raw['accuracy']:.3f} / {cal['accuracy']:.3f} | {_fmt_ci(raw, 'ece')} | "
+              f"{_fmt_ci(cal, 'ece')} | {raw['debiased_ece']:.3f} / {cal['debiased_ece']:.3f} |")
+    print()
+    print("| set | AUROC exact raw [95% CI] | AUROC seed [95% CI] | rows (seed failures) | "
+          "AUROC calibrated (held) |")
+    print("|---|---|---|---|---|")
+    for r in results:
+        sv = r.get("seed_vs_exact")
+        if sv is None:
+            print(f"| {r['set']} | {_fmt_ci(r['raw'], 'auroc')} (held) | not run | - | "
+                  f"{_fmt_ci(r['calibrated'], 'auroc')} |")
+            continue
+        print(f"| {r['set']} | {_fmt_ci(sv['exact'], 'auroc')} | {_fmt_ci(sv['seed'], 'auroc')} | "
+              f"{sv['n']} ({sv['seed_errors']}) | {_fmt_ci(r['calibrated'], 'auroc')} |")
+    print()
+    print(f"| set | accept threshold (target error {args.target_error}, delta {args.delta}) | "
+          "accepted fit / held | error among accepted (held) | meets target | "
+          f"conformal coverage (1-alpha = {1 - args.alpha:g}) / mean set size |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        ro = r["routing"]
+        conf = r.get("conformal")
+        thr = "none (accept nothing)" if ro["threshold"] is None else f"{ro['threshold']:.3f}"
+        err = "-" if ro["held_error_among_accepted"] is None else (
+            f"{ro['held_error_among_accepted']:.3f}")
+        cov = "-" if conf is None else f"{conf['held_coverage']:.3f} / {conf['mean_set_size']}"
+        shares = f"{ro['fit_accept_share']:.1%} / {ro['held_accept_share']:.1%}"
+        print(f"| {r['set']} | {thr} | {shares} | {err} | {'yes' if ro['meets_target'] else 'NO'} | {cov} |")
+    return 0
 
 
 if __name__ == "__main__":
-    _ = math  # keep the import for evaluate helpers below
     sys.exit(main())

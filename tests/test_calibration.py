@@ -11,6 +11,7 @@ import pytest
 from surelabel import metrics
 from surelabel.calibration import (
     Calibration,
+    BiasTemperatureScaling,
     ContextualCalibration,
     IsotonicCalibration,
     PerLabelCalibrator,
@@ -56,7 +57,14 @@ def emotions() -> Task:
 
 
 @pytest.mark.parametrize(
-    "cls", [TemperatureScaling, PlattScaling, IsotonicCalibration, ContextualCalibration]
+    "cls",
+    [
+        TemperatureScaling,
+        BiasTemperatureScaling,
+        PlattScaling,
+        IsotonicCalibration,
+        ContextualCalibration,
+    ],
 )
 def test_estimator_contract(cls: type) -> None:
     est = cls()
@@ -80,6 +88,19 @@ def test_temperature_recovers_sharpness() -> None:
     assert after < before
     # Temperature keeps the ranking, so the predicted labels do not change.
     assert (cal.predict_proba(x).argmax(1) == softmax(x).argmax(1)).all()
+
+
+def test_bias_temperature_undoes_a_label_preference() -> None:
+    x, y = overconfident(4000, 4, seed=5, sharpness=2.0)
+    biased = x + np.array([3.0, 0.0, 0.0, 0.0])  # the model favours the first label
+    cal = BiasTemperatureScaling().fit(biased, y)
+    assert cal.temperature_ == pytest.approx(2.0, rel=0.15)
+    assert cal.bias_[0] - cal.bias_[1:].mean() == pytest.approx(-1.5, abs=0.3)
+    acc_raw = np.mean(softmax(biased).argmax(1) == y)
+    acc_cal = np.mean(cal.predict_proba(biased).argmax(1) == y)
+    assert acc_cal > acc_raw
+    again = BiasTemperatureScaling.from_dict(cal.to_dict())
+    np.testing.assert_allclose(again.predict_proba(biased[:5]), cal.predict_proba(biased[:5]))
 
 
 @pytest.mark.parametrize("cls", [PlattScaling, IsotonicCalibration])
@@ -141,7 +162,9 @@ def test_auto_picks_by_cross_validated_log_loss(sst2: Task) -> None:
     calibration, oof = fit_calibration(sst2, "m", x, y, content_free=cf)
     sel = calibration.selection
     assert sel is not None
-    assert set(sel["cv_log_loss"]) == {"temperature", "platt", "isotonic", "contextual", "none"}
+    assert set(sel["cv_log_loss"]) == {
+        "temperature", "bias_temperature", "platt", "isotonic", "contextual", "none"
+    }
     chosen = sel["method"]
     assert chosen == min(
         (m for m in sel["cv_log_loss"] if m != "none"), key=lambda m: sel["cv_log_loss"][m]

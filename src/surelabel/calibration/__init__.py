@@ -13,6 +13,7 @@ from surelabel.calibration.fit import fit_calibration, label_indices, top_label_
 from surelabel.calibration.methods import (
     CALIBRATORS,
     CONTENT_FREE,
+    BiasTemperatureScaling,
     ContextualCalibration,
     IsotonicCalibration,
     PerLabelCalibrator,
@@ -25,6 +26,7 @@ __all__ = [
     "CALIBRATORS",
     "CONTENT_FREE",
     "BaseCalibrator",
+    "BiasTemperatureScaling",
     "Calibration",
     "ContextualCalibration",
     "IsotonicCalibration",

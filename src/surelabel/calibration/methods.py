@@ -89,6 +89,70 @@ class TemperatureScaling(BaseCalibrator):
         return softmax(logprobs / self.temperature_)
 
 
+class BiasTemperatureScaling(BaseCalibrator):
+    """softmax(logprobs / T + b): temperature plus a learned bias per label.
+
+    "Bias-corrected temperature scaling" (Alexandari, Kundaje & Shrikumar 2020). The bias
+    terms undo a model's preference for some labels (a small model often favours the first
+    label listed), learned from the labelled rows rather than from content-free inputs, so
+    unlike plain temperature scaling it can change the predicted label. The log loss is
+    convex in (1/T, b), so Newton's method finds the optimum; a small ridge penalty on b
+    keeps it finite when a label never occurs.
+    """
+
+    method: ClassVar[str] = "bias_temperature"
+    _state: ClassVar[tuple[str, ...]] = ("temperature_", "bias_")
+
+    def __init__(self, l2: float = 1e-3, max_iter: int = 100) -> None:
+        self.l2 = l2
+        self.max_iter = max_iter
+
+    def fit(self, logprobs: ArrayLike, y: ArrayLike | None = None) -> BiasTemperatureScaling:
+        x = as_logprobs(logprobs)
+        n, k = x.shape
+        labels = check_labels(y, n, k)
+        onehot = np.zeros_like(x)
+        onehot[np.arange(n), labels] = 1.0
+        # Features of label j for item i: (x_ij, e_j); parameters theta = (1/T, b_1..b_k).
+        phi = np.concatenate([x[:, :, None], np.broadcast_to(np.eye(k), (n, k, k))], axis=2)
+        ridge = np.full(k + 1, self.l2)
+        ridge[0] = 1e-9
+
+        def loss(theta: FloatArray) -> float:
+            z = phi @ theta
+            lse = np.logaddexp.reduce(z, axis=1)
+            return float(np.mean(lse - z[np.arange(n), labels]) + 0.5 * ridge @ theta**2)
+
+        theta = np.zeros(k + 1)
+        theta[0] = 1.0
+        current = loss(theta)
+        for _ in range(self.max_iter):
+            z = phi @ theta
+            p = softmax(z)
+            grad = np.einsum("ij,ijd->d", p - onehot, phi) / n + ridge * theta
+            mean_phi = np.einsum("ij,ijd->id", p, phi)
+            hess = (np.einsum("ij,ijd,ije->de", p, phi, phi)
+                    - np.einsum("id,ie->de", mean_phi, mean_phi)) / n + np.diag(ridge)
+            step = np.linalg.solve(hess + 1e-9 * np.eye(k + 1), grad)
+            scale = 1.0
+            while scale > 1e-6 and loss(theta - scale * step) > current:
+                scale /= 2
+            theta = theta - scale * step
+            new = loss(theta)
+            if current - new < 1e-12:
+                current = new
+                break
+            current = new
+        self.temperature_ = float(1.0 / theta[0]) if theta[0] > 0 else float("inf")
+        self.bias_ = np.asarray(theta[1:], dtype=np.float64)
+        self.n_classes_ = k
+        return self
+
+    def _transform(self, logprobs: FloatArray) -> FloatArray:
+        inv_t = 0.0 if np.isinf(self.temperature_) else 1.0 / self.temperature_
+        return softmax(logprobs * inv_t + self.bias_[None, :])
+
+
 def _binary_scores(x: FloatArray, method: str) -> FloatArray:
     if x.shape[1] != 2:
         raise ValueError(f"{method} calibration is for binary distributions (2 labels), "
@@ -240,7 +304,13 @@ CONTENT_FREE: tuple[str, ...] = ("N/A", "", "[MASK]")
 
 CALIBRATORS: dict[str, type[BaseCalibrator]] = {
     cls.method: cls
-    for cls in (TemperatureScaling, PlattScaling, IsotonicCalibration, ContextualCalibration)
+    for cls in (
+        TemperatureScaling,
+        BiasTemperatureScaling,
+        PlattScaling,
+        IsotonicCalibration,
+        ContextualCalibration,
+    )
 }
 #: Methods that only apply to binary (two-label) distributions.
 BINARY_ONLY = ("platt", "isotonic")
