@@ -329,7 +329,8 @@ def evaluate_sets(names: list[str], args: argparse.Namespace) -> int:
             f"{ro['held_error_among_accepted']:.3f}")
         cov = "-" if conf is None else f"{conf['held_coverage']:.3f} / {conf['mean_set_size']}"
         shares = f"{ro['fit_accept_share']:.1%} / {ro['held_accept_share']:.1%}"
-        print(f"| {r['set']} | {thr} | {shares} | {err} | {'yes' if ro['meets_target'] else 'NO'} | {cov} |")
+        meets = "yes" if ro["meets_target"] else "NO"
+        print(f"| {r['set']} | {thr} | {shares} | {err} | {meets} | {cov} |")
     return 0
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from surelabel import metrics
 from surelabel.calibration import (
-    Calibration,
     BiasTemperatureScaling,
+    Calibration,
     ContextualCalibration,
     IsotonicCalibration,
     PerLabelCalibrator,
