@@ -479,7 +479,8 @@ class LlamaCppBackend:
         view: np.ndarray = np.ctypeslib.as_array(
             ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self._n_vocab,)
         )
-        return view.copy()
+        out: np.ndarray = view.copy()
+        return out
 
     def _grammar_sampler(self, schema: dict[str, Any]) -> Any:
         from llama_cpp.llama_grammar import json_schema_to_gbnf
