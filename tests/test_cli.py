@@ -66,7 +66,8 @@ def test_missing_or_corrupt_model_exits_2(tmp_path: Path) -> None:
     )
     corrupt = tmp_path / "corrupt.gguf"
     corrupt.write_bytes(b"GGUF" + os.urandom(256))
-    one_line_error(run("classify", FVH, "--model", str(corrupt), stdin="tomato\n"), 2, "corrupt.gguf")
+    proc = run("classify", FVH, "--model", str(corrupt), stdin="tomato\n")
+    one_line_error(proc, 2, "corrupt.gguf")
 
 
 @pytest.mark.model

@@ -10,7 +10,8 @@ from surelabel.task import Thresholds
 
 
 def test_from_logprobs_normalizes_and_keeps_mass() -> None:
-    d = LabelDistribution.from_logprobs(["a", "b", "c"], [math.log(0.4), math.log(0.2), math.log(0.1)])
+    logprobs = [math.log(0.4), math.log(0.2), math.log(0.1)]
+    d = LabelDistribution.from_logprobs(["a", "b", "c"], logprobs)
     assert d.probabilities == pytest.approx((4 / 7, 2 / 7, 1 / 7))
     assert d.label_mass == pytest.approx(0.7)
     assert d.label == "a" and d.confidence == pytest.approx(4 / 7)

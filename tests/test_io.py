@@ -31,7 +31,8 @@ def test_jsonl_bad_line_names_file_and_line(tmp_path: Path) -> None:
 
 def test_jsonl_missing_text_field(tmp_path: Path) -> None:
     p = write(tmp_path, "in.jsonl", '{"body": "x"}\n')
-    with pytest.raises(InputError, match=r"in\.jsonl:1: no 'text' field \(choose one with --text-field\)"):
+    message = r"in\.jsonl:1: no 'text' field \(choose one with --text-field\)"
+    with pytest.raises(InputError, match=message):
         read_rows(p)
     assert read_rows(p, text_field="body")[0].text == "x"
 
