@@ -1,0 +1,171 @@
+"""A scikit-learn classifier backed by a language model: :class:`LLMClassifier`.
+
+Inputs are texts (a list, a 1-D array, or a one-column 2-D array / DataFrame); targets are
+label names. ``fit`` learns the label set and, by default, a calibration; the model itself
+is not trained. It follows the estimator contract, so it works inside
+``CalibratedClassifierCV``, ``cross_val_score`` and a ``Pipeline``.
+
+Requires the ``eval`` extra (scikit-learn).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from sklearn.base import BaseEstimator, ClassifierMixin  # type: ignore[import-untyped]
+
+from surelabel import methods
+from surelabel.backends.base import Backend
+from surelabel.calibration import Calibration, fit_calibration, label_indices
+from surelabel.calibration.base import softmax
+from surelabel.errors import NotFittedError
+from surelabel.task import Task
+
+__all__ = ["LLMClassifier"]
+
+
+def _texts(X: Any) -> list[str]:
+    arr = np.asarray(X, dtype=object)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise ValueError(f"expected a sequence of texts (or one column of them), got shape "
+                         f"{arr.shape}")
+    return [str(t) for t in arr]
+
+
+class LLMClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
+    """Classify texts with a language model; probabilities for every label.
+
+    Parameters
+    ----------
+    task:
+        The :class:`~surelabel.task.Task` (binary or multiclass).
+    backend:
+        A backend instance, or a backend name for :func:`surelabel.backends.make_backend`
+        (default ``"llamacpp"``, the embedded model). An instance is shared, not copied,
+        when scikit-learn clones the estimator.
+    method:
+        Confidence method (``exact`` by default; ``auto`` picks from the backend).
+    calibration:
+        ``"auto"`` (default) or a method name to fit a calibrator in ``fit``; ``None`` to
+        use the raw label distribution (e.g. inside ``CalibratedClassifierCV``).
+    folds:
+        Cross-validation folds used to choose the calibration method.
+
+    Attributes
+    ----------
+    classes_:
+        Label names, sorted (the column order of ``predict_proba``).
+    calibration_:
+        The fitted :class:`~surelabel.calibration.Calibration`, or ``None``.
+    """
+
+    def __init__(
+        self,
+        task: Task | None = None,
+        backend: Backend | str = "llamacpp",
+        method: str = "exact",
+        calibration: str | None = "auto",
+        folds: int = 5,
+    ) -> None:
+        self.task = task
+        self.backend = backend
+        self.method = method
+        self.calibration = calibration
+        self.folds = folds
+
+    # Clones share the backend (a loaded model) and the cache of scored texts.
+    def __sklearn_clone__(self) -> LLMClassifier:
+        new = type(self)(**self.get_params(deep=False))
+        new.__dict__["_score_cache"] = self._cache()
+        return new
+
+    def _cache(self) -> dict[tuple[str, str, str], NDArray[np.float64]]:
+        cache = self.__dict__.get("_score_cache")
+        if cache is None:
+            cache = self.__dict__["_score_cache"] = {}
+        return cache
+
+    def _backend(self) -> Backend:
+        if isinstance(self.backend, str):
+            from surelabel.backends import make_backend
+
+            shared = self.__dict__.get("_backend_instance")
+            if shared is None:
+                shared = self.__dict__["_backend_instance"] = make_backend(self.backend)
+            return shared
+        return self.backend
+
+    def _task(self) -> Task:
+        if self.task is None:
+            raise ValueError("LLMClassifier needs a task (task=Task(...) or load_task(path))")
+        if self.task.kind == "multilabel":
+            raise ValueError("LLMClassifier supports binary and multiclass tasks")
+        return self.task
+
+    def _logprobs(self, texts: Sequence[str]) -> NDArray[np.float64]:
+        """Raw label log-probabilities (n, k) in task order, cached per text."""
+        task = self._task()
+        backend = self._backend()
+        name = methods.resolve(self.method, backend.capabilities)
+        cache = self._cache()
+        rows = []
+        for text in texts:
+            key = (task.fingerprint(), name, text)
+            if key not in cache:
+                result = methods.METHODS[name](backend, task, text, False)
+                assert result.distribution is not None
+                dist = result.distribution
+                lps = dist.logprobs
+                cache[key] = (np.array(lps, dtype=np.float64)
+                              if lps is not None and None not in lps
+                              else np.log(np.clip(dist.probabilities, 1e-300, None)))
+            rows.append(cache[key])
+        return np.stack(rows)
+
+    def fit(self, X: Any, y: ArrayLike) -> LLMClassifier:
+        """Learn the label set and (unless ``calibration=None``) a calibration."""
+        task = self._task()
+        texts = _texts(X)
+        labels = list(np.asarray(y, dtype=object))
+        if len(labels) != len(texts):
+            raise ValueError(f"X has {len(texts)} texts but y has {len(labels)} labels")
+        y_idx = label_indices(task, labels)
+        self.classes_ = np.array(sorted(task.label_names), dtype=object)
+        self.calibration_: Calibration | None = None
+        if self.calibration is not None:
+            self.calibration_, _ = fit_calibration(
+                task, self._backend().model_name, self._logprobs(texts), y_idx,
+                method=self.calibration, folds=self.folds,
+            )
+        self.n_features_in_ = 1
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "classes_"):
+            raise NotFittedError("this LLMClassifier is not fitted yet; call fit() first")
+
+    def predict_proba(self, X: Any) -> NDArray[np.float64]:
+        """Label probabilities, columns in ``classes_`` order."""
+        self._check_fitted()
+        task = self._task()
+        lp = self._logprobs(_texts(X))
+        probs = (self.calibration_.calibrator.predict_proba(lp)
+                 if self.calibration_ is not None else softmax(lp))
+        order = [task.label_names.index(c) for c in self.classes_]
+        return np.asarray(probs[:, order], dtype=np.float64)
+
+    def predict(self, X: Any) -> NDArray[Any]:
+        """The most probable label of each text."""
+        self._check_fitted()
+        return np.asarray(self.classes_[self.predict_proba(X).argmax(axis=1)])
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.string = True
+        tags.input_tags.two_d_array = False
+        return tags
