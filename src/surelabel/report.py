@@ -192,7 +192,9 @@ def format_summary(report: Mapping[str, Any]) -> str:
                 continue
             cell = _fmt(value)
             ci = m.get("ci95", {}).get(key)
-            if ci is not None and key in ("accuracy", "ece", "auroc"):
+            if ci is not None and key in ("accuracy", "ece", "auroc") and not any(
+                math.isnan(v) for v in ci
+            ):
                 cell += f" ±{(ci[1] - ci[0]) / 2:.2f}"
             cells.append(cell.rjust(width))
         lines.append(key.ljust(16) + "".join(cells))
@@ -206,8 +208,19 @@ def format_summary(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _clean(x: Any) -> Any:
+    """NaN and infinities become null, so the file is strict JSON."""
+    if isinstance(x, Mapping):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    return x
+
+
 def write_json(report: Mapping[str, Any], path: str | Path) -> None:
-    Path(path).write_text(json.dumps(report, indent=2, allow_nan=False,
+    Path(path).write_text(json.dumps(_clean(report), indent=2, allow_nan=False,
                                      default=_json_default) + "\n", encoding="utf-8")
 
 
