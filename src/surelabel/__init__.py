@@ -5,6 +5,8 @@ Importing surelabel loads no model and opens no connection.
 
 from surelabel.backends import Backend, Capabilities, make_backend
 from surelabel.backends.llamacpp import LlamaCppBackend, default_model_path
+from surelabel.calibration import Calibration, fit_calibration
+from surelabel.calibration import load as load_calibration
 from surelabel.classifier import Calibrator, Classifier, Record
 from surelabel.distribution import LabelDistribution
 from surelabel.errors import (
@@ -22,6 +24,7 @@ from surelabel.errors import (
 )
 from surelabel.io import read_rows
 from surelabel.policy import decide
+from surelabel.routing import fit_accept_threshold
 from surelabel.task import Example, Label, Task, Thresholds, load_task
 
 __version__ = "0.1.0"
@@ -29,6 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Backend",
     "BackendError",
+    "Calibration",
     "CalibrationError",
     "Calibrator",
     "Capabilities",
@@ -52,6 +56,9 @@ __all__ = [
     "__version__",
     "decide",
     "default_model_path",
+    "fit_accept_threshold",
+    "fit_calibration",
+    "load_calibration",
     "load_task",
     "make_backend",
     "read_rows",
