@@ -118,3 +118,12 @@ def test_confidence_auroc_and_bootstrap() -> None:
     lo, hi = metrics.bootstrap_ci(lambda c: float(np.mean(c)), correct, n_resamples=200)
     assert 0.0 <= lo <= 0.5 <= hi <= 1.0
     assert np.isnan(metrics.roc_auc_score([1, 1], [0.2, 0.3]))
+
+
+def test_smooth_ece_small_when_calibrated_and_tracks_a_shift() -> None:
+    rng = np.random.default_rng(11)
+    conf = rng.random(3000) * 0.5 + 0.5
+    calibrated = rng.random(3000) < conf
+    shifted = rng.random(3000) < conf - 0.1
+    assert metrics.smooth_calibration_error(conf, calibrated) < 0.03
+    assert metrics.smooth_calibration_error(conf, shifted) == pytest.approx(0.1, abs=0.03)

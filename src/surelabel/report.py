@@ -26,7 +26,7 @@ from surelabel.task import Task, Thresholds
 
 ECE_BINS = 15
 HEADLINE = ("accuracy", "macro_f1", "brier", "log_loss", "ece", "ece_equal_mass",
-            "debiased_ece", "mce", "auroc", "aurc")
+            "debiased_ece", "smooth_ece", "mce", "auroc", "aurc")
 
 
 def _top_label(task: Task, probs: NDArray[np.float64], y: NDArray[Any]) -> tuple[
@@ -125,6 +125,7 @@ def evaluate_probabilities(
         "ece": metrics.calibration_error(conf, ok, n_bins, "uniform"),
         "ece_equal_mass": metrics.calibration_error(conf, ok, n_bins, "quantile"),
         "debiased_ece": metrics.debiased_calibration_error(conf, ok, n_bins, "quantile"),
+        "smooth_ece": metrics.smooth_calibration_error(conf, ok),
         "mce": metrics.max_calibration_error(conf, ok, n_bins, "uniform"),
         "auroc": _nan_to_none(metrics.confidence_auroc_score(conf, ok)),
         "aurc": metrics.aurc_score(conf, ok),
@@ -347,7 +348,8 @@ img {{ max-width: 48%; }}
 <h1>Evaluation: {esc(report['task'])}</h1>
 <p>Task kind <b>{esc(report['kind'])}</b>, labels {esc(', '.join(report['labels']))};
 model <b>{esc(report['model'])}</b>. ECE and MCE use {ECE_BINS} bins (equal width unless
-noted); the debiased ECE is the Kumar et al. (2019) l2 estimator over equal-mass bins.
+noted); the debiased ECE is the Kumar et al. (2019) l2 estimator over equal-mass bins,
+the smooth ECE that of Blasiok &amp; Nakkiran (2023).
 Brackets are 95% bootstrap intervals.</p>
 <table><tr><th>metric</th>{''.join(f'<th>{esc(n)}</th>' for n in names)}</tr>
 {''.join(rows)}</table>
