@@ -18,6 +18,7 @@ import importlib.resources
 import json
 import os
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -288,7 +289,22 @@ class LlamaCppBackend:
             )
 
     def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` as message content or answer text."""
         return len(self._plain(text))
+
+    def prompt_tokens(self, messages: Sequence[Message]) -> list[int]:
+        """The chat prompt's tokens, as evaluated (after any truncation)."""
+        with self._lock:
+            return self._prompt_tokens(messages)[0]
+
+    def time_prefill(self, tokens: list[int]) -> float:
+        """Seconds to evaluate ``tokens`` from an empty cache (benchmarks use this)."""
+        with self._lock:
+            self._llama.llama_memory_clear(self._mem, True)
+            self._cached = []
+            start = time.perf_counter()
+            self._eval(tokens)
+            return time.perf_counter() - start
 
     def close(self) -> None:
         """Free the native batch, context and model."""
