@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from surelabel.backends.base import Backend
 from surelabel.calibration import CONTENT_FREE, fit_calibration, label_indices, load
 from surelabel.calibration.base import softmax
 from surelabel.cli.common import add_backend_args, add_task_args, backend_from, task_from
+from surelabel.distribution import LabelDistribution
 from surelabel.errors import BackendError, InputError
 from surelabel.io import Row, read_rows
 from surelabel.report import build_report, evaluate_probabilities, format_summary
@@ -61,7 +63,9 @@ def register(sub: Any) -> None:
                         "by id) instead of running the model")
     p.add_argument("--methods", metavar="LIST",
                    help="comma-separated, from exact,seed,calibrated (default: all three; "
-                        f"seed only for up to {SEED_DEFAULT_MAX_ROWS} rows, as it is slow)")
+                        f"seed only for up to {SEED_DEFAULT_MAX_ROWS} rows, as it is slow); "
+                        "exact stands for the full label distribution, measured by the best "
+                        "method the backend allows (topk or sampling for APIs)")
     p.add_argument("--calibration", metavar="FILE",
                    help="calibration file for the calibrated column (default: cross-fitted)")
     p.add_argument("--folds", type=int, default=5, metavar="K",
@@ -82,6 +86,7 @@ class Scored:
     content_free: NDArray[np.float64] | None = None
     extra: dict[str, NDArray[np.float64]] = field(default_factory=dict)  # name -> probabilities
     notes: list[str] = field(default_factory=list)
+    method: str = "exact"  # the full-distribution method behind ``exact``
 
 
 def read_labelled(args: argparse.Namespace, task: Task) -> tuple[list[Row], NDArray[Any]]:
@@ -105,14 +110,33 @@ def read_labelled(args: argparse.Namespace, task: Task) -> tuple[list[Row], NDAr
     return rows, y
 
 
-def exact_logprobs(backend: Backend, task: Task, text: str) -> NDArray[np.float64]:
-    """Raw label log-probabilities of one text: (k,) or, for multilabel, (L, 2)."""
-    result = method_registry.exact(backend, task, text, False)
+def _dist_logprobs(dist: LabelDistribution) -> list[float]:
+    lps = dist.logprobs
+    if lps is not None and all(v is not None for v in lps):
+        return [float(v) for v in lps if v is not None]
+    # Methods that bound some labels only (top-k) or count answers (sampling).
+    return [math.log(max(p, 1e-12)) for p in dist.probabilities]
+
+
+def exact_logprobs(
+    backend: Backend, task: Task, text: str, method: str = "exact"
+) -> NDArray[np.float64]:
+    """Raw label log-probabilities of one text: (k,) or, for multilabel, (L, 2).
+
+    ``method`` is a full-distribution method: ``exact`` for local models; ``topk`` or
+    ``sampling`` for APIs (see :func:`full_method`).
+    """
+    result = method_registry.METHODS[method](backend, task, text, False)
     if result.per_label is not None:
-        return np.array([list(result.per_label[n].logprobs or ()) for n in task.label_names],
+        return np.array([_dist_logprobs(result.per_label[n]) for n in task.label_names],
                         dtype=np.float64)
     assert result.distribution is not None
-    return np.array(result.distribution.logprobs, dtype=np.float64)
+    return np.array(_dist_logprobs(result.distribution), dtype=np.float64)
+
+
+def full_method(backend: Backend) -> str:
+    """The best full-distribution method the backend supports (exact, topk, sampling)."""
+    return method_registry.resolve("auto", backend.capabilities)
 
 
 def seed_probabilities(backend: Backend, task: Task, text: str) -> NDArray[np.float64]:
@@ -137,19 +161,20 @@ def score_labelled(
     keep: list[int] = []
     exact: list[NDArray[np.float64]] = []
     seed: list[NDArray[np.float64]] = []
-    failed = {"exact": 0, "seed": 0}
+    full = full_method(backend)
+    failed = {full: 0, "seed": 0}
     bar = tqdm(total=len(rows), file=sys.stderr, disable=quiet, delay=2.0, unit="item",
                dynamic_ncols=True)
     try:
         for i, text in enumerate(texts):
             bar.update(1)
             if not text.strip():
-                failed["exact"] += 1
+                failed[full] += 1
                 continue
             try:
-                lp = exact_logprobs(backend, task, text)
+                lp = exact_logprobs(backend, task, text, full)
             except BackendError:
-                failed["exact"] += 1
+                failed[full] += 1
                 continue
             if with_seed:
                 try:
@@ -169,9 +194,9 @@ def score_labelled(
                          "(every method is compared on the same rows)")
     if not keep:
         raise InputError("no row could be scored")
-    cf = np.stack([exact_logprobs(backend, task, t) for t in CONTENT_FREE])
+    cf = np.stack([exact_logprobs(backend, task, t, full) for t in CONTENT_FREE])
     scored = Scored(rows=[rows[i] for i in keep], y=y[keep], exact=np.stack(exact),
-                    content_free=cf, notes=notes)
+                    content_free=cf, notes=notes, method=full)
     if with_seed:
         scored.extra["seed"] = np.stack(seed)
     return scored
@@ -266,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
     notes = scored.notes + notes
     results: dict[str, dict[str, Any]] = {}
     ev = {"n_bootstrap": args.bootstrap}
-    raw_name = "exact" if not args.predictions else "predictions"
+    raw_name = scored.method if not args.predictions else "predictions"
     if "exact" in chosen or args.predictions:
         results[raw_name] = evaluate_probabilities(
             task, probabilities_of(task, scored.exact), scored.y, **ev)
