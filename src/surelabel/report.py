@@ -21,22 +21,13 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from surelabel import metrics
+from surelabel.calibration.fit import top_label_view
 from surelabel.policy import decide
 from surelabel.task import Task, Thresholds
 
 ECE_BINS = 15
 HEADLINE = ("accuracy", "macro_f1", "brier", "log_loss", "ece", "ece_equal_mass",
             "debiased_ece", "smooth_ece", "mce", "auroc", "aurc")
-
-
-def _top_label(task: Task, probs: NDArray[np.float64], y: NDArray[Any]) -> tuple[
-    NDArray[np.float64], NDArray[np.bool_]
-]:
-    if task.kind == "multilabel":
-        conf_per = np.maximum(probs, 1 - probs)
-        right = (probs >= 0.5) == y.astype(bool)
-        return conf_per.min(axis=1), right.all(axis=1)
-    return probs.max(axis=1), probs.argmax(axis=1) == y.astype(int)
 
 
 def _bands(conf: NDArray[np.float64], ok: NDArray[np.bool_], thresholds: Thresholds) -> list[
@@ -82,7 +73,7 @@ def evaluate_probabilities(
     p = np.asarray(probabilities, dtype=np.float64)
     yy = np.asarray(y)
     thresholds = thresholds or task.thresholds
-    conf, ok = _top_label(task, p, yy)
+    conf, ok = top_label_view(task, p, yy)
     names = task.label_names
     out: dict[str, Any] = {"n": len(yy)}
     if task.kind == "multilabel":
