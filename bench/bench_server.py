@@ -103,7 +103,8 @@ async def load(url: str, token: str, texts: list[str], clients: int,
     latencies: list[float] = []
     errors: list[str] = []
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+    # Generous timeout: with one model and N clients, a request waits for up to N items.
+    async with httpx.AsyncClient(timeout=900, limits=limits) as client:
         for text in texts[:3]:  # warm-up, not measured
             (await client.post(url, json={"text": text}, headers=headers)).raise_for_status()
         t0 = time.monotonic()
@@ -161,6 +162,7 @@ def main() -> int:
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/openapi.json", server)
         url = f"{base}/v1/tasks/{load_task(args.task).name}/classify"
+        load_start = os.getloadavg()
         rss: list[float] = [rss_mib(server.pid)]
         stop = threading.Event()
 
@@ -206,6 +208,7 @@ def main() -> int:
         "rss_end_mib": round(rss_end, 1),
         "upstream_rss_end_mib": None if upstream_rss is None else round(upstream_rss, 1),
         "cpus": os.cpu_count(),
+        "loadavg_start": [round(x, 2) for x in load_start],
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
     }

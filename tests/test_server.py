@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -438,3 +439,53 @@ def test_real_model_through_the_api(backend: Any, store: Store) -> None:
         assert math.isclose(sum(rec["probabilities"].values()), 1.0, abs_tol=1e-4)
         assert 0 < rec["label_mass"] <= 1
         assert rec["decision"] in ("accept", "review", "clarify")
+
+
+def test_api_on_postgresql(task: Task, fake: FakeBackend) -> None:
+    """The same service on a real PostgreSQL: idempotent inserts, queue order, one answer."""
+    from sqlalchemy import create_engine, text
+
+    from test_store import pg_url
+
+    base = pg_url()
+    schema = f"srv_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in base else "?"
+    store = Store(f"{base}{sep}options=-csearch_path%3D{schema}")
+    try:
+        h = {"Authorization": f"Bearer {store.create_token('t', ['classify', 'read', 'review'])}"}
+        with make_client(task, fake, store) as client:
+            for text_ in ["rhubarb", "tomato", "mystery", "apple"]:
+                r = client.post(URL, json={"text": text_, "id": text_}, headers=h)
+                assert r.status_code == 200, r.text
+            again = client.post(URL, json={"text": "tomato", "id": "tomato"}, headers=h).json()
+            items = client.get("/v1/tasks/fruit_veg_herb/items?status=open", headers=h).json()
+            assert [i["text"] for i in items["items"]] == ["mystery", "tomato", "rhubarb"]
+            assert again["item_id"] == items["items"][1]["item_id"]
+            url = f"/v1/items/{again['item_id']}/review"
+            assert client.post(url, json={"label": "vegetable"}, headers=h).status_code == 200
+            assert client.post(url, json={"label": "fruit"}, headers=h).status_code == 409
+    finally:
+        store.close()
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+def test_accepted_items_can_be_spot_checked(
+    client: TestClient, store: Store, tokens: dict[str, Any]
+) -> None:
+    item = client.post(URL, json={"text": "apple"}, headers=tokens["ingest"]).json()
+    assert item["status"] == "auto"
+    err, _ = store.add_item("fruit_veg_herb", {"id": None, "text": "x", "error": "boom"})
+    csrf = login(client, store)
+    page = client.get(f"/review/items/{item['item_id']}")
+    assert "spot check" in page.text and 'value="accept"' in page.text
+    assert "could not be classified: boom" in client.get(f"/review/items/{err.id}").text
+    r = client.post(f"/review/items/{item['item_id']}",
+                    data={"csrf": csrf, "choice": "label:vegetable"})
+    assert r.status_code == 200
+    done = store.get_item(item["item_id"])
+    assert done.review_action == "correct" and done.review_label == "vegetable"

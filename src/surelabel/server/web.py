@@ -19,6 +19,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from surelabel.classifier import Classifier
 from surelabel.store import ConflictError, Item, NotFoundError, Session, Store
+from surelabel.store.repository import Order
 
 SESSION_COOKIE = "surelabel_session"
 LOGIN_CSRF_COOKIE = "surelabel_login_csrf"
@@ -31,8 +32,8 @@ def _env() -> Environment:
         loader=FileSystemLoader(HERE / "templates"),
         autoescape=select_autoescape(["html"], default=True),
     )
-    env.filters["pct"] = lambda p: "–" if p is None else f"{100 * p:.0f}%"
-    env.filters["prob"] = lambda p: "–" if p is None else f"{p:.3f}"
+    env.filters["pct"] = lambda p: f"{100 * p:.0f}%" if isinstance(p, (int, float)) else "–"
+    env.filters["prob"] = lambda p: f"{p:.3f}" if isinstance(p, (int, float)) else "–"
     return env
 
 
@@ -140,11 +141,11 @@ def add_web_routes(app: FastAPI) -> None:
                    empty: int = 0) -> Response:
         session = need_session(request)
         classifier = classifier_for(task)
-        order = order if order in ("confidence", "oldest") else "confidence"
-        open_items = store.list_items(task, status="open", order=order, limit=100)  # type: ignore[arg-type]
+        open_items = store.list_items(task, status="open", order=_order(order), limit=100)
         return render(
             "queue.html", session=session, user=session.user, task=classifier.task,
-            counts=store.count_items(task), items=open_items, order=order, empty=bool(empty),
+            counts=store.count_items(task), items=open_items, order=_order(order),
+            empty=bool(empty),
             now=store.clock(),
         )
 
@@ -152,8 +153,8 @@ def add_web_routes(app: FastAPI) -> None:
     def next_item(request: Request, task: str, order: str = "confidence") -> Response:
         session = need_session(request)
         classifier_for(task)
-        order = order if order in ("confidence", "oldest") else "confidence"
-        item = store.claim_next(task, session.user.name, order=order,  # type: ignore[arg-type]
+        order = _order(order)
+        item = store.claim_next(task, session.user.name, order=order,
                                 lease=settings.lease_seconds)
         if item is None:
             return RedirectResponse(
@@ -170,16 +171,16 @@ def add_web_routes(app: FastAPI) -> None:
         except NotFoundError:
             raise HTTPException(404, f"no item {item_id}") from None
         classifier = classifier_for(item.task)
-        held = item.status == "open" and store.claim(
+        # Open items are leased to whoever opens them; accepted ones can be spot-checked.
+        held = item.status == "auto" or (item.status == "open" and store.claim(
             item.id, session.user.name, lease=settings.lease_seconds
-        )
+        ))
         if held:
             item = store.get_item(item_id)
         return render(
             "item.html", session=session, user=session.user, item=item,
             task=classifier.task, bars=_bars(item, classifier), held=held,
-            order=order if order in ("confidence", "oldest") else "confidence",
-            error=None,
+            order=_order(order), error=None,
         )
 
     @app.post("/review/items/{item_id}", include_in_schema=False)
@@ -222,11 +223,10 @@ def add_web_routes(app: FastAPI) -> None:
             return render(
                 "item.html", status=409, session=session, user=session.user,
                 item=store.get_item(item_id), task=classifier.task,
-                bars=_bars(item, classifier), held=False, order=order, error=str(exc),
+                bars=_bars(item, classifier), held=False, order=_order(order), error=str(exc),
             )
-        order = order if order in ("confidence", "oldest") else "confidence"
         return RedirectResponse(
-            f"/review/{quote(item.task)}/next?order={order}", status_code=303
+            f"/review/{quote(item.task)}/next?order={_order(order)}", status_code=303
         )
 
     @app.get("/stats", include_in_schema=False)
@@ -238,6 +238,10 @@ def add_web_routes(app: FastAPI) -> None:
             "stats.html", session=session, user=session.user, tasks=list(classifiers),
             task=classifiers[name].task, stats=stats, chart=_chart(stats),
         )
+
+
+def _order(order: str) -> Order:
+    return "oldest" if order == "oldest" else "confidence"
 
 
 def _safe_next(target: str) -> str:

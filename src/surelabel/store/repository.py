@@ -576,6 +576,7 @@ class Store:
         csrf = security.new_token("")[:43]
         now = self.clock()
         with self.engine.begin() as conn:
+            conn.execute(sessions.delete().where(sessions.c.expires_at <= now))
             conn.execute(
                 sessions.insert().values(
                     token_hash=security.token_hash(cookie),
