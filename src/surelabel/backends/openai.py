@@ -46,6 +46,8 @@ FORMATS = ("json_schema", "json_object_schema", "json_object", "prompt")
 # Statuses worth retrying: timeouts, conflicts, rate limits and every server error.
 RETRY_STATUS = frozenset({408, 409, 425, 429})
 MAX_RETRY_AFTER = 120.0
+# Cache entry of a request whose response_format the server rejected.
+REJECTED = "surelabel_rejected_response_format"
 
 
 class _FormatRejected(Exception):
@@ -457,6 +459,8 @@ class OpenAIBackend:
             if hit is not None:
                 with self._stats_lock:
                     self.stats["cache_hits"] += 1
+                if REJECTED in hit:
+                    raise _FormatRejected(hit[REJECTED])
                 return hit, True
         assert self._sem is not None
         estimate = len(json.dumps(body["messages"])) // 4 + int(body.get("max_tokens") or 0)
@@ -488,6 +492,9 @@ class OpenAIBackend:
                     if self.cache is not None:
                         self.cache.put(key, self.endpoint, model, data)
                     return data, False
+                if isinstance(error, _FormatRejected) and self.cache is not None:
+                    # Remembered, so a rerun from the cache makes no request at all.
+                    self.cache.put(key, self.endpoint, model, {REJECTED: str(error)})
                 if not getattr(error, "retryable", False) or attempt >= self.max_retries:
                     if isinstance(error, BackendError) and error.retryable:
                         raise BackendError(
