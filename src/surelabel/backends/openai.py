@@ -523,7 +523,12 @@ class OpenAIBackend:
         """Map an HTTP error to (error, Retry-After seconds)."""
         status = int(exc.status_code)
         message = _one_line(getattr(exc, "message", "") or str(exc))
-        if _is_format_rejection(status, message):
+        response = getattr(exc, "response", None)
+        try:
+            body = response.text if response is not None else ""
+        except Exception:  # a streamed or closed body: the message is enough
+            body = ""
+        if _is_format_rejection(status, f"{message} {body}"):
             return _FormatRejected(message), None
         where = f"{self.endpoint} (model {self._model!r})"
         if status == 401:
@@ -535,7 +540,7 @@ class OpenAIBackend:
             return UserError(f"not found (404) at {where}: unknown model or wrong --base-url: "
                              f"{message}"), None
         retryable = status in RETRY_STATUS or status >= 500
-        headers = exc.response.headers if getattr(exc, "response", None) is not None else None
+        headers = response.headers if response is not None else None
         return (
             BackendError(f"HTTP {status} from {where}: {message}", retryable=retryable),
             _retry_after(headers) if retryable else None,
