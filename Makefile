@@ -40,6 +40,7 @@ bench: install
 	$(PY) bench/bench_classify.py --rows 200
 	$(PY) bench/bench_server.py --clients 20 --seconds 60
 	$(PY) bench/bench_server.py --backend api --clients 20 --seconds 60
+	$(PY) bench/bench_openai.py --rows 60
 
 bench-quality: install
 	$(PY) bench/bench_quality.py
