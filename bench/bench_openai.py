@@ -12,7 +12,9 @@ task (``topk`` method, no reason), through the batch path of ``surelabel classif
   time whatever the client sends. At concurrency 8 its queue is never empty, so that rate
   is the server's ceiling; concurrency only hides the client and HTTP time between
   requests (a server with parallel slots, e.g. vLLM or ``llama-server -np 8``, would scale);
-- a cached rerun: requests sent must be 0.
+- a cached rerun: requests sent must be 0;
+- the gap between the server's top-k distributions and the embedded model's exact ones on
+  the example items (largest absolute difference of a label's probability).
 """
 
 from __future__ import annotations
@@ -93,6 +95,36 @@ def run(url: str, rows: list[Row], concurrency: int, cache: ResponseCache | None
     }
 
 
+def topk_vs_exact(url: str) -> dict[str, Any]:
+    """Top-k distributions from the server against the embedded exact ones, example items."""
+    from surelabel.backends.llamacpp import LlamaCppBackend
+    from surelabel.io import read_rows
+
+    local = LlamaCppBackend()
+    api = OpenAIBackend("smollm2", base_url=url, response_format="json_object_schema")
+    out: dict[str, Any] = {}
+    for name in ("pineapple", "fruit_veg_herb"):
+        task = load_task(REPO / "examples" / f"{name}.yaml")
+        exact = Classifier(task, local, method="exact", reason=False)
+        topk = Classifier(task, api, method="topk", reason=False)
+        gaps, agree = [], 0
+        for row in read_rows(REPO / "examples" / f"{name}_items.jsonl"):
+            e = exact.run_method(row.text).distribution
+            a = topk.run_method(row.text).distribution
+            assert e is not None and a is not None
+            gaps.append(max(abs(x - y) for x, y in zip(e.probabilities, a.probabilities)))
+            agree += e.label == a.label
+        out[name] = {
+            "items": len(gaps),
+            "same_label": agree,
+            "max_abs_gap": round(max(gaps), 4),
+            "mean_abs_gap": round(sum(gaps) / len(gaps), 4),
+        }
+    api.close()
+    local.close()
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=60)
@@ -116,6 +148,7 @@ def main() -> int:
             cache = ResponseCache(Path(tmp) / "responses.sqlite")
             fill = run(url, rows, 8, cache)
             cached = run(url, rows, 8, cache)
+            gaps = topk_vs_exact(url)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -130,6 +163,7 @@ def main() -> int:
         "cpu_count": os.cpu_count(),
         "cache_fill": fill,
         "cached_rerun": cached,
+        "topk_vs_exact": gaps,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
