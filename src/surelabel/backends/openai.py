@@ -222,6 +222,8 @@ class OpenAIBackend:
         if top_logprobs < 0:
             raise UserError("--top-logprobs must be 0 or more")
         self._openai = openai
+        # A client built here is closed by close(); an injected one belongs to the caller.
+        self._own_client = client is None
         if client is None:
             key = api_key or os.environ.get("OPENAI_API_KEY")
             if not key:
@@ -354,14 +356,12 @@ class OpenAIBackend:
         return self._run(all_samples())
 
     def close(self) -> None:
-        """Stop the event loop thread and close the HTTP client."""
+        """Stop the event loop thread, and close the HTTP client if this backend built it."""
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
-        if self._async:
+        if self._own_client:
             asyncio.run_coroutine_threadsafe(self._client.close(), loop).result(timeout=10)
-        else:
-            self._client.close()
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         loop.close()
