@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
             bar.update(1)
     except KeyboardInterrupt:
         bar.close()
-        done = writer.count if writer is not None else len(table_rows)
+        done = resumed + (writer.count if writer is not None else len(table_rows))
         print(f"surelabel: interrupted after {done} of {len(rows)} rows; "
               "the output holds every completed row", file=sys.stderr)
         return 130
