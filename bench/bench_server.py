@@ -127,6 +127,8 @@ def main() -> int:
     ap.add_argument("--no-reason", action="store_true", help="serve with --no-reason")
     ap.add_argument("--workers", type=int, default=None,
                     help="server classification threads (default: 1 embedded, 4 api)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="llama.cpp threads of the embedded model (default: all cores)")
     ap.add_argument("--out", default=None, help="JSON results (default: bench/results/...)")
     args = ap.parse_args()
 
@@ -146,6 +148,8 @@ def main() -> int:
                   "--queue-size", str(max(64, 2 * args.clients))]
     if args.no_reason:
         serve_args.append("--no-reason")
+    if args.threads:
+        serve_args += ["--threads", str(args.threads)]
     if args.backend == "api":
         api_port = free_port()
         helpers.append(start_llama_server(api_port))
@@ -196,6 +200,7 @@ def main() -> int:
         "clients": args.clients,
         "seconds": round(elapsed, 1),
         "workers": workers,
+        "threads": args.threads,
         "completed": len(lat),
         "errors": len(errors),
         "error_samples": errors[:5],
@@ -212,7 +217,9 @@ def main() -> int:
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
     }
-    out = Path(args.out) if args.out else RESULTS / f"server.{args.backend}.json"
+    name = f"server.{args.backend}" + (".no-reason" if args.no_reason else "") + (
+        f".threads{args.threads}" if args.threads else "")
+    out = Path(args.out) if args.out else RESULTS / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
