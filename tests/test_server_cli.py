@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -107,3 +108,55 @@ def test_serve_process_with_embedded_model(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(timeout=30)
     assert "serving fruit_veg_herb" in (proc.stderr.read() if proc.stderr else "")
+
+
+TRUTH = {
+    "tomato": "vegetable", "cucumber": "vegetable", "lemon": "fruit", "basil": "herb",
+    "apple": "fruit", "carrot": "vegetable", "mint": "herb", "strawberry": "fruit",
+    "spinach": "vegetable", "parsley": "herb", "banana": "fruit", "thyme": "herb",
+}
+
+
+@pytest.mark.model
+def test_reviewed_labels_flow_into_calibration(backend: Any, tmp_path: Path) -> None:
+    """serve → review → export --reviewed → calibrate → serve --calibration."""
+    from fastapi.testclient import TestClient
+
+    from surelabel.cli.serve import _calibrations
+    from surelabel.server import Settings, create_app
+    from surelabel.task import load_task
+
+    task_file = REPO / "examples" / "fruit_veg_herb.yaml"
+    task = load_task(task_file)
+    db = f"sqlite:///{tmp_path / 'flow.db'}"
+    with Store(db) as store:
+        token = store.create_token("bot", ["classify", "review"])
+        h = {"Authorization": f"Bearer {token}"}
+        app = create_app(task, backend, store, settings=Settings(reason=False))
+        with TestClient(app) as client:
+            items = [{"text": t, "id": t} for t in TRUTH]
+            r = client.post(f"/v1/tasks/{task.name}/classify", json={"items": items}, headers=h)
+            assert r.status_code == 200, r.text
+            for rec in r.json()["items"]:
+                answer = client.post(f"/v1/items/{rec['item_id']}/review",
+                                     json={"label": TRUTH[rec["text"]]}, headers=h)
+                assert answer.status_code == 200, answer.text
+    reviewed = tmp_path / "reviewed.jsonl"
+    assert main(["export", task.name, "--reviewed", "-o", str(reviewed), "--db", db]) == 0
+    assert len(reviewed.read_text().splitlines()) == len(TRUTH)
+    cal = tmp_path / "calibration.json"
+    assert main(["calibrate", str(task_file), str(reviewed), "-o", str(cal),
+                 "--method", "temperature", "-q"]) == 0
+
+    calibrations = _calibrations([str(cal)], {task.name: task}, backend.model_name)
+    version = calibrations[task.name][1]
+    assert version.startswith("temperature-")
+    with Store(db) as store:
+        app = create_app(task, backend, store,
+                         settings=Settings(reason=False, calibrations=calibrations))
+        with TestClient(app) as client:
+            r = client.post(f"/v1/tasks/{task.name}/classify", json={"text": "pear"}, headers=h)
+        rec = r.json()
+        assert r.status_code == 200 and rec["calibrated"] is True
+        assert rec["calibration"] == version
+        assert store.get_item(rec["item_id"]).calibration == version
