@@ -146,7 +146,7 @@ def test_reviewed_labels_flow_into_calibration(backend: Any, tmp_path: Path) -> 
     assert len(reviewed.read_text().splitlines()) == len(TRUTH)
     cal = tmp_path / "calibration.json"
     assert main(["calibrate", str(task_file), str(reviewed), "-o", str(cal),
-                 "--method", "temperature", "-q"]) == 0
+                 "--method", "temperature", "--alpha", "0.2", "-q"]) == 0
 
     calibrations = _calibrations([str(cal)], {task.name: task}, backend.model_name)
     version = calibrations[task.name][1]
@@ -160,3 +160,4 @@ def test_reviewed_labels_flow_into_calibration(backend: Any, tmp_path: Path) -> 
         assert r.status_code == 200 and rec["calibrated"] is True
         assert rec["calibration"] == version
         assert store.get_item(rec["item_id"]).calibration == version
+        assert set(rec["label_set"]) <= set(task.label_names) and rec["label_set"]

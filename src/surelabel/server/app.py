@@ -51,6 +51,10 @@ class Settings:
         Mark cookies ``Secure`` (set it when served over HTTPS).
     method, reason:
         Passed to :class:`~surelabel.classifier.Classifier`.
+    calibrations:
+        Per task name: ``(calibrator, version)``. The version is stored with every item.
+        A calibration file (``surelabel.calibration.load``) also brings its guaranteed
+        accept threshold and conformal label sets.
     """
 
     batch_limit: int = 32
@@ -190,8 +194,14 @@ def create_app(
         if task.name in classifiers:
             raise UserError(f"two tasks are named {task.name!r}")
         calibrator = settings.calibrations.get(task.name, (None, ""))[0]
+        thresholds = task.thresholds
+        # A calibration file from `surelabel calibrate` may carry a guaranteed accept
+        # threshold; use it, as `surelabel classify --calibration` does.
+        if calibrator is not None and hasattr(calibrator, "thresholds"):
+            thresholds = calibrator.thresholds(thresholds)
         classifiers[task.name] = Classifier(
-            task, backend, method=settings.method, reason=settings.reason, calibrator=calibrator
+            task, backend, method=settings.method, reason=settings.reason,
+            thresholds=thresholds, calibrator=calibrator,
         )
     pool = WorkerPool(workers=settings.workers, max_pending=settings.max_pending)
 
@@ -274,7 +284,9 @@ def create_app(
 
     def classify_and_store(task: str, batch: list[ItemIn]) -> list[dict[str, Any]]:
         classifier = classifiers[task]
-        version = settings.calibrations.get(task, (None, None))[1]
+        calibration, version = settings.calibrations.get(task, (None, None))
+        # Conformal label sets, when the calibration has them (see Calibration.annotate).
+        annotate = getattr(calibration, "annotate", None)
         out: list[dict[str, Any]] = []
         for entry in batch:
             if entry.id is not None:
@@ -283,6 +295,8 @@ def create_app(
                     out.append(known.to_dict())
                     continue
             record = classifier.classify_one(entry.text, entry.id).to_dict()
+            if annotate is not None and record.get("error") is None:
+                record = annotate(record)
             item, _created = store.add_item(task, record, calibration=version)
             out.append(item.to_dict())
         return out
