@@ -489,3 +489,33 @@ def test_accepted_items_can_be_spot_checked(
     assert r.status_code == 200
     done = store.get_item(item["item_id"])
     assert done.review_action == "correct" and done.review_label == "vegetable"
+
+
+def test_multilabel_item_review(fake: FakeBackend, store: Store) -> None:
+    task = Task.from_dict({
+        "name": "topics", "instructions": "Which topics does the text touch?",
+        "kind": "multilabel", "labels": ["food", "travel", "money"], "field": "topics",
+    })
+    token = store.create_token("t", ["classify", "read", "review"])
+    h = {"Authorization": f"Bearer {token}"}
+    with make_client(task, fake, store) as client:
+        rec = client.post("/v1/tasks/topics/classify", json={"text": "cheap eats in Rome"},
+                          headers=h).json()
+        assert set(rec["probabilities"]) == {"food", "travel", "money"}
+        assert rec["labels"] == ["food", "travel", "money"] and rec["status"] == "open"
+        csrf = login(client, store)
+        page = client.get(f"/review/items/{rec['item_id']}")
+        assert 'type="checkbox" name="labels"' in page.text
+        r = client.post(f"/review/items/{rec['item_id']}",
+                        data={"csrf": csrf, "choice": "labels", "labels": ["travel", "food"]})
+        assert r.status_code == 200
+        done = store.get_item(rec["item_id"])
+        assert done.review_label == ["food", "travel"] and done.review_action == "correct"
+        other = client.post("/v1/tasks/topics/classify", json={"text": "bank fees"},
+                            headers=h).json()
+        bad = client.post(f"/v1/items/{other['item_id']}/review",
+                          json={"label": ["food", "cars"]}, headers=h)
+        assert bad.status_code == 422
+        ok = client.post(f"/v1/items/{other['item_id']}/review",
+                         json={"label": ["money"]}, headers=h)
+        assert ok.status_code == 200 and ok.json()["review"]["label"] == ["money"]
