@@ -519,3 +519,17 @@ def test_multilabel_item_review(fake: FakeBackend, store: Store) -> None:
         ok = client.post(f"/v1/items/{other['item_id']}/review",
                          json={"label": ["money"]}, headers=h)
         assert ok.status_code == 200 and ok.json()["review"]["label"] == ["money"]
+
+
+def test_item_page_shows_bars_reason_and_label_set(client: TestClient, store: Store) -> None:
+    record = {"id": None, "text": "quince", "label": "fruit", "confidence": 0.62,
+              "probabilities": {"fruit": 0.62, "vegetable": 0.3, "herb": 0.08},
+              "label_mass": 0.91, "decision": "review", "reason": "hard & sour <fruit>",
+              "label_set": ["fruit", "vegetable"], "model": "fake", "error": None}
+    item, _ = store.add_item("fruit_veg_herb", record)
+    login(client, store)
+    page = client.get(f"/review/items/{item.id}").text
+    assert page.count("<svg width=\"240\"") == 3 and 'width="148.8"' in page  # 0.62 * 240
+    assert "hard &amp; sour &lt;fruit&gt;" in page
+    assert "Plausible labels (conformal set)" in page and page.count("in set") == 2
+    assert "label mass 0.910" in page
