@@ -198,6 +198,23 @@ def test_async_client_and_cache(tmp_path: Path) -> None:
     assert len(calls) == 1
 
 
+def test_agenerate_from_another_event_loop_runs_concurrently() -> None:
+    server = Server()
+    with sync_backend(server, concurrency=4) as b:
+
+        async def many() -> list[str]:
+            gens = await asyncio.gather(
+                *(b.agenerate([Message("user", f"item {i}")], top_logprobs=2) for i in range(6))
+            )
+            return [g.text for g in gens]
+
+        texts = asyncio.run(many())
+    assert len(texts) == 6 and len(server.bodies) == 6
+    assert sorted(body["messages"][0]["content"] for body in server.bodies) == [
+        f"item {i}" for i in range(6)
+    ]
+
+
 def test_sampling_uses_seeds_and_temperature() -> None:
     server = Server()
     with sync_backend(server, samples=3, sampling_temperature=0.9) as b:

@@ -317,6 +317,12 @@ class OpenAIBackend:
         """Greedy (temperature 0) answer with up to ``top_logprobs`` alternatives per token."""
         if prefix:
             raise UnsupportedMethodError("the openai backend cannot continue an assistant prefix")
+        body = self._greedy_body(messages, max_tokens, stop, top_logprobs)
+        return self._run(self._generate(body, schema))
+
+    def _greedy_body(
+        self, messages: Sequence[Message], max_tokens: int, stop: Sequence[str], top_logprobs: int
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "messages": [m.as_dict() for m in messages],
             "temperature": 0,
@@ -328,7 +334,26 @@ class OpenAIBackend:
             body["top_logprobs"] = k
         if stop:
             body["stop"] = list(stop)
-        return self._run(self._generate(body, schema))
+        return body
+
+    async def agenerate(
+        self,
+        messages: Sequence[Message],
+        *,
+        schema: dict[str, Any] | None = None,
+        max_tokens: int = 64,
+        stop: Sequence[str] = (),
+        top_logprobs: int = 0,
+    ) -> Generation:
+        """:meth:`generate` for asyncio callers: awaitable from any event loop.
+
+        The request still runs on the backend's own loop, under the same concurrency limit,
+        rate caps, retries and cache as every other request.
+        """
+        body = self._greedy_body(messages, max_tokens, stop, top_logprobs)
+        loop = self._ensure_loop()
+        future = asyncio.run_coroutine_threadsafe(self._generate(body, schema), loop)
+        return await asyncio.wrap_future(future)
 
     def sample(
         self,
