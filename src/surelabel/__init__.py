@@ -5,6 +5,8 @@ Importing surelabel loads no model and opens no connection.
 
 from surelabel.backends import Backend, Capabilities, make_backend
 from surelabel.backends.llamacpp import LlamaCppBackend, default_model_path
+from surelabel.backends.openai import OpenAIBackend
+from surelabel.cache import ResponseCache
 from surelabel.calibration import Calibration, fit_calibration
 from surelabel.calibration import load as load_calibration
 from surelabel.classifier import Calibrator, Classifier, Record
@@ -46,7 +48,9 @@ __all__ = [
     "ModelLoadError",
     "NotFittedError",
     "OffSchemaError",
+    "OpenAIBackend",
     "Record",
+    "ResponseCache",
     "SurelabelError",
     "Task",
     "TaskError",
