@@ -274,6 +274,18 @@ def test_rate_limiter_waits_when_the_minute_is_full() -> None:
 
     assert asyncio.run(scenario())
 
+    async def tokens() -> bool:
+        limiter = _RateLimiter(rpm=None, tpm=100)
+        event = await limiter.acquire(60)
+        _RateLimiter.settle(event, 90)  # the request really used 90 tokens
+        try:
+            await asyncio.wait_for(limiter.acquire(20), timeout=0.05)
+        except asyncio.TimeoutError:
+            return True
+        return False
+
+    assert asyncio.run(tokens())
+
 
 def test_parse_response_without_logprobs() -> None:
     gen = parse_response({"choices": [{"message": {"content": "{}"}, "finish_reason": "stop"}]})
