@@ -54,6 +54,17 @@ def default_model_path() -> Path:
     return Path(str(root / EMBEDDED_FILE))
 
 
+def default_threads() -> int:
+    """Half the cores, at least one.
+
+    llama.cpp's threads wait for each other by spinning: when another busy process (a web
+    server's event loop, a second job) takes one of them off its core, every decode stalls.
+    On a loaded 2-core machine one thread served 5.9x more requests than two
+    (docs/BENCHMARKS.md, review service); the speed lost on an idle machine is smaller.
+    """
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
     """Length of the longest prefix shared by every sequence."""
     if not seqs:
@@ -95,7 +106,7 @@ class LlamaCppBackend:
     n_ctx:
         Context window in tokens. Longer items are truncated from the middle.
     n_threads:
-        CPU threads; default: all cores.
+        CPU threads; default: :func:`default_threads`.
     n_batch:
         Largest number of tokens sent to one ``llama_decode`` call.
     """
@@ -130,7 +141,7 @@ class LlamaCppBackend:
             )
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelLoadError(f"model file {path}: cannot load ({exc})") from exc
-        threads = n_threads or os.cpu_count() or 1
+        threads = n_threads or default_threads()
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
@@ -215,10 +226,17 @@ class LlamaCppBackend:
                     raise ValueError(f"score: continuation {cont!r} is empty after tokenization")
             if len(context) + max(len(t) for t in tails) > self._n_ctx:
                 raise BackendError("prompt and answer do not fit in the context window")
-            last = self._eval(context)
             close = self._closing_tokens(closer) if closer else None
+            # Tokens fed per label: all but its last, plus the last when the closer's
+            # probability must be read after it.
+            fed = [t[: len(t) - 1 + (close is not None)] for t in tails]
+            # The first label rides along in the item's own batch: one decode call fewer.
+            last, first = self._eval(context, fed[0])
             logprobs = [_log_softmax_at(last, tail[0]) for tail in tails]
-            self._score_tails(len(context), tails, logprobs, close)
+            if first is not None:
+                logprobs[0] += self._tail_logprob(tails[0], first, close)
+            todo = range(1 if first is not None else 0, len(tails))
+            self._score_tails(len(context), [(i, tails[i], fed[i]) for i in todo], logprobs, close)
             return ScoreResult(tuple(logprobs), prompt_tokens=len(context), warnings=warnings)
 
     def generate(
@@ -240,7 +258,7 @@ class LlamaCppBackend:
         with self._lock:
             prompt, warnings = self._prompt_tokens(messages)
             context = prompt + (self._plain(prefix) if prefix else [])
-            logits = self._eval(context)
+            logits, _ = self._eval(context)
             sampler = self._grammar_sampler(schema) if schema is not None else None
             produced: list[TokenLogprob] = []
             raw = b""
@@ -409,22 +427,37 @@ class LlamaCppBackend:
 
     # -- evaluation -------------------------------------------------------------------
 
-    def _eval(self, tokens: list[int]) -> np.ndarray:
-        """Make sequence 0 hold ``tokens`` and return the logits after the last one."""
+    def _eval(
+        self, tokens: list[int], extra: Sequence[int] = ()
+    ) -> tuple[np.ndarray, list[np.ndarray] | None]:
+        """Make sequence 0 hold ``tokens``; return the logits after the last one.
+
+        ``extra`` tokens are decoded after ``tokens`` in the same final batch when they fit;
+        their logits come back as the second value (``None`` if they did not fit) and
+        their KV entries are removed again.
+        """
         reuse = min(common_prefix_len([self._cached, tokens]), len(tokens) - 1)
         llama = self._llama
         llama.llama_memory_seq_rm(self._mem, -1, reuse, -1)
         self._cached = tokens[:reuse]
         pos = reuse
+        with_extra = False
         while pos < len(tokens):
             chunk = tokens[pos : pos + self._n_batch]
-            self._fill(
-                [(tok, pos + i, 0, pos + i == len(tokens) - 1) for i, tok in enumerate(chunk)]
-            )
-            self._decode()
+            entries = [(tok, pos + i, 0, pos + i == len(tokens) - 1) for i, tok in enumerate(chunk)]
             pos += len(chunk)
+            if pos == len(tokens) and extra and len(chunk) + len(extra) <= self._n_batch:
+                entries += [(tok, pos + j, 0, True) for j, tok in enumerate(extra)]
+                with_extra = True
+            self._fill(entries)
+            self._decode()
             self._cached = tokens[:pos]
-        return self._logits(self._batch.n_tokens - 1)
+        last = self._logits(len(chunk) - 1)
+        if not with_extra:
+            return last, None
+        extra_logits = [self._logits(len(chunk) + j) for j in range(len(extra))]
+        llama.llama_memory_seq_rm(self._mem, 0, len(tokens), -1)
+        return last, extra_logits
 
     def _decode_one(self, token: int, pos: int) -> np.ndarray:
         self._fill([(token, pos, 0, True)])
@@ -432,14 +465,29 @@ class LlamaCppBackend:
         self._cached = [*self._cached, token]
         return self._logits(0)
 
+    @staticmethod
+    def _tail_logprob(
+        tail: list[int], logits: Sequence[np.ndarray], close: np.ndarray | None
+    ) -> float:
+        """log P(tail[1:], closer | tail[0]) from the logits read after each fed token."""
+        total = 0.0
+        for j, row in enumerate(logits):
+            if j + 1 < len(tail):
+                total += _log_softmax_at(row, tail[j + 1])
+            else:
+                assert close is not None
+                total += _logsumexp_at(row, close)
+        return total
+
     def _score_tails(
         self,
         start: int,
-        tails: list[list[int]],
+        todo: list[tuple[int, list[int], list[int]]],
         logprobs: list[float],
         close: np.ndarray | None,
     ) -> None:
-        """Add log P(tail[1:], closer | tail[0], context) to ``logprobs`` for every tail.
+        """Add log P(tail[1:], closer | tail[0], context) to ``logprobs`` for each
+        ``(index, tail, fed tokens)``.
 
         Each label's tokens are decoded right after the context in sequence 0, then cut off
         again (KV truncation), so the item is evaluated once. Labels go one at a time
@@ -448,24 +496,17 @@ class LlamaCppBackend:
         of drifting by ~1e-4 with the summation order over a wider cache.
         """
         llama = self._llama
-        extra = 0 if close is None else 1
         context = self._cached
         try:
-            for i, tail in enumerate(tails):
-                fed = tail[: len(tail) - 1 + extra]
+            for i, tail, fed in todo:
                 if not fed:
                     continue
                 if len(fed) > self._n_batch:
                     raise BackendError("a label is longer than the batch size")
                 self._fill([(tok, start + j, 0, True) for j, tok in enumerate(fed)])
                 self._decode()
-                for j in range(len(fed)):
-                    logits = self._logits(j)
-                    if j + 1 < len(tail):
-                        logprobs[i] += _log_softmax_at(logits, tail[j + 1])
-                    else:
-                        assert close is not None
-                        logprobs[i] += _logsumexp_at(logits, close)
+                rows = [self._logits(j) for j in range(len(fed))]
+                logprobs[i] += self._tail_logprob(tail, rows, close)
                 llama.llama_memory_seq_rm(self._mem, 0, start, -1)
         finally:
             self._cached = context

@@ -25,7 +25,7 @@ def add_backend_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--n-ctx", type=int, default=2048, metavar="N",
                        help="context window in tokens (default: 2048)")
     group.add_argument("--threads", type=int, default=None, metavar="N",
-                       help="CPU threads (default: all cores)")
+                       help="CPU threads (default: half the cores, at least 1)")
     api = parser.add_argument_group("OpenAI-compatible API (--backend openai)")
     api.add_argument("--base-url", metavar="URL",
                      help="API base URL, e.g. http://127.0.0.1:8080/v1 (default: OpenAI)")
