@@ -142,6 +142,7 @@ class LlamaCppBackend:
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelLoadError(f"model file {path}: cannot load ({exc})") from exc
         threads = n_threads or default_threads()
+        self.n_threads = threads
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = n_batch
