@@ -316,6 +316,10 @@ def test_resume_refuses_another_jobs_output(tmp_path: Path) -> None:
     out.write_text("".join(json.dumps({"id": r.id, "text": r.text}) + "\n" for r in rows(4)))
     with pytest.raises(InputError, match="more rows"):
         resume_output(out, rows(3))
+    out.write_text(json.dumps({"id": "r0", "text": "text 0", "method": "seed"}) + "\n")
+    with pytest.raises(InputError, match="made with method 'seed', not 'topk'"):
+        resume_output(out, rows(3), {"method": "topk"})
+    assert resume_output(out, rows(3), {"method": "seed"}) == 1
 
 
 class SlowClassifier:

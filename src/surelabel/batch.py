@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import os
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from surelabel.classifier import Classifier, Record
 from surelabel.errors import InputError
@@ -25,11 +26,16 @@ def _same(a: object, b: object) -> bool:
     return bool(json.loads(json.dumps(a, ensure_ascii=False)) == b)
 
 
-def resume_output(path: str | os.PathLike[str], rows: Sequence[Row]) -> int:
+def resume_output(
+    path: str | os.PathLike[str],
+    rows: Sequence[Row],
+    expect: Mapping[str, Any] | None = None,
+) -> int:
     """How many rows an existing output file already holds; truncates a torn last line.
 
     Raises :class:`~surelabel.errors.InputError` when the file holds rows of another input
-    (ids or texts differ), or more rows than the input has.
+    (ids or texts differ), more rows than the input has, or rows whose fields differ from
+    ``expect`` (e.g. made with another method or model).
     """
     p = Path(path)
     if not p.is_file():
@@ -61,6 +67,12 @@ def resume_output(path: str | os.PathLike[str], rows: Sequence[Row]) -> int:
                 f"{path}:{count + 1}: does not match input row {count + 1} (id or text differ); "
                 "remove the file or pass --overwrite"
             )
+        for name, value in (expect or {}).items():
+            if obj.get(name) != value:
+                raise InputError(
+                    f"{path}:{count + 1}: made with {name} {obj.get(name)!r}, not {value!r}; "
+                    "remove the file or pass --overwrite"
+                )
         count += 1
         pos = keep = end + 1
     if keep < len(data):

@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     to_stdout_jsonl = args.output is None and args.format == "jsonl"
     resumed = 0
     if args.output and args.output != "-" and not args.overwrite:
-        resumed = resume_output(args.output, rows)
+        resumed = resume_output(args.output, rows,
+                                {"method": classifier.method, "model": backend.model_name})
         if resumed and not args.quiet:
             print(f"surelabel: resuming {args.output}: {resumed} of {len(rows)} rows done",
                   file=sys.stderr)
