@@ -401,6 +401,7 @@ def test_faults_resume_and_cache_small(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 600-odd server requests plus faults: about 5-6 min on 2 cores
 def test_faults_resume_and_cache_300_rows(
     tmp_path: Path, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
