@@ -200,7 +200,12 @@ def measure(conf: Any, ok: Any, n_boot: int) -> dict[str, Any]:
 def evaluate_set(name: str, args: argparse.Namespace, model: str) -> dict[str, Any] | None:
     import numpy as np
 
-    from surelabel.calibration import fit_calibration, label_indices, top_label_view
+    from surelabel.calibration import (
+        calibration_view,
+        fit_calibration,
+        label_indices,
+        top_label_view,
+    )
     from surelabel.calibration.base import softmax
     from surelabel.routing import clopper_pearson_upper
     from surelabel.task import load_task
@@ -245,8 +250,9 @@ def evaluate_set(name: str, args: argparse.Namespace, model: str) -> dict[str, A
     )
     raw = probs_of(x_held)
     cal = calibration.calibrator.predict_proba(x_held)
-    conf_raw, ok_raw = top_label_view(task, raw, y_held)
-    conf_cal, ok_cal = top_label_view(task, cal, y_held)
+    # Multilabel: calibration is measured over every (item, label) answer.
+    conf_raw, ok_raw = calibration_view(task, raw, y_held)
+    conf_cal, ok_cal = calibration_view(task, cal, y_held)
     out: dict[str, Any] = {
         "set": name, "kind": task.kind, "n_fit": len(fit_rows), "n_held": len(held_rows),
         "method": calibration.method,
@@ -298,8 +304,8 @@ def evaluate_set(name: str, args: argparse.Namespace, model: str) -> dict[str, A
             sp = np.array([[p[1]["p_true"][n] for n in task.label_names] for p in paired])
         else:
             sp = np.array([p[1]["probabilities"] for p in paired])
-        ce, oke = top_label_view(task, probs_of(xe), ye)
-        cs, oks = top_label_view(task, sp, ye)
+        ce, oke = calibration_view(task, probs_of(xe), ye)
+        cs, oks = calibration_view(task, sp, ye)
         out["seed_vs_exact"] = {"n": len(paired), "seed_errors": n_seed_errors,
                                 "exact": measure(ce, oke, args.bootstrap),
                                 "seed": measure(cs, oks, args.bootstrap)}

@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from surelabel import metrics
-from surelabel.calibration.fit import top_label_view
+from surelabel.calibration.fit import calibration_view, top_label_view
 from surelabel.policy import decide
 from surelabel.task import Task, Thresholds
 
@@ -73,7 +73,10 @@ def evaluate_probabilities(
     p = np.asarray(probabilities, dtype=np.float64)
     yy = np.asarray(y)
     thresholds = thresholds or task.thresholds
-    conf, ok = top_label_view(task, p, yy)
+    # Calibration figures are over the answers a calibrator calibrates (for multilabel
+    # tasks: every label's yes/no); the decision bands are per row, as the classifier decides.
+    conf, ok = calibration_view(task, p, yy)
+    row_conf, row_ok = top_label_view(task, p, yy)
     names = task.label_names
     out: dict[str, Any] = {"n": len(yy)}
     if task.kind == "multilabel":
@@ -93,7 +96,8 @@ def evaluate_probabilities(
         flat_pred = (flat_p >= 0.5).astype(int)
         micro = metrics.precision_recall_per_class(list(flat_y), list(flat_pred), [1])[1]
         out.update({
-            "accuracy": float(ok.mean()),  # exact match: every label right
+            "accuracy": float(row_ok.mean()),  # exact match: every label right
+            "label_accuracy": float(ok.mean()),
             "macro_f1": float(np.mean([v["f1"] for v in per_label.values()])),
             "micro_f1": micro["f1"],
             "brier": float(np.mean([v["brier"] for v in per_label.values()])),
@@ -121,7 +125,7 @@ def evaluate_probabilities(
         "auroc": _nan_to_none(metrics.confidence_auroc_score(conf, ok)),
         "aurc": metrics.aurc_score(conf, ok),
         "mean_confidence": float(conf.mean()) if len(conf) else None,
-        "bands": _bands(conf, ok, thresholds),
+        "bands": _bands(row_conf, row_ok, thresholds),
         "reliability": metrics.reliability_curve(conf, ok, n_bins, "uniform").as_dict(),
         "risk_coverage": {"coverage": coverage.tolist(), "risk": risk.tolist(),
                           "threshold": cut.tolist()},
@@ -129,7 +133,8 @@ def evaluate_probabilities(
     if n_bootstrap and len(conf) > 1:
         ci: dict[str, list[float]] = {}
         stats: dict[str, Callable[..., float]] = {
-            "accuracy": lambda c, o: float(np.mean(np.asarray(o, dtype=np.float64))),
+            "label_accuracy" if task.kind == "multilabel" else "accuracy":
+                lambda c, o: float(np.mean(np.asarray(o, dtype=np.float64))),
             "ece": lambda c, o: metrics.calibration_error(c, o, n_bins, "uniform"),
             "ece_equal_mass": lambda c, o: metrics.calibration_error(c, o, n_bins, "quantile"),
             "auroc": metrics.confidence_auroc_score,
@@ -341,7 +346,8 @@ img {{ max-width: 48%; }}
 model <b>{esc(report['model'])}</b>. ECE and MCE use {ECE_BINS} bins (equal width unless
 noted); the debiased ECE is the Kumar et al. (2019) l2 estimator over equal-mass bins,
 the smooth ECE that of Blasiok &amp; Nakkiran (2023).
-Brackets are 95% bootstrap intervals.</p>
+Brackets are 95% bootstrap intervals. For multilabel tasks accuracy is the exact match of
+all labels, and the calibration figures are over every (item, label) yes/no answer.</p>
 <table><tr><th>metric</th>{''.join(f'<th>{esc(n)}</th>' for n in names)}</tr>
 {''.join(rows)}</table>
 <h2>Decision bands</h2>

@@ -9,7 +9,12 @@ task, model and prompt.
 
 from surelabel.calibration.base import BaseCalibrator
 from surelabel.calibration.file import Calibration, load, prompt_hash
-from surelabel.calibration.fit import fit_calibration, label_indices, top_label_view
+from surelabel.calibration.fit import (
+    calibration_view,
+    fit_calibration,
+    label_indices,
+    top_label_view,
+)
 from surelabel.calibration.methods import (
     CALIBRATORS,
     CONTENT_FREE,
@@ -33,6 +38,7 @@ __all__ = [
     "PerLabelCalibrator",
     "PlattScaling",
     "TemperatureScaling",
+    "calibration_view",
     "fit_calibration",
     "label_indices",
     "load",

@@ -215,6 +215,23 @@ def top_label_view(
     return probs.max(axis=1), probs.argmax(axis=1) == y.astype(int)
 
 
+def calibration_view(
+    task: Task, probs: FloatArray, y: NDArray[Any]
+) -> tuple[FloatArray, NDArray[np.bool_]]:
+    """Confidence and correctness of the answers whose calibration is measured.
+
+    Single-label tasks: one answer per row (as :func:`top_label_view`). Multilabel tasks:
+    one answer per (row, label) pair, each label's yes/no, since that is what a per-label
+    calibrator calibrates; a row's least-certain confidence is not a probability that the
+    whole row is right.
+    """
+    if task.kind == "multilabel":
+        conf = np.maximum(probs, 1 - probs).ravel()
+        right = ((probs >= 0.5) == y.astype(bool)).ravel()
+        return np.asarray(conf, dtype=np.float64), right
+    return top_label_view(task, probs, y)
+
+
 def label_indices(task: Task, labels: Sequence[Any]) -> NDArray[Any]:
     """True labels (names, or lists of names for multilabel) as indices / a 0/1 matrix."""
     names = task.label_names
