@@ -213,6 +213,10 @@ def test_file_round_trip_and_refusals(trec: Task, sst2: Task, tmp_path: Path) ->
         load(tmp_path / "bad.json")
     with pytest.raises(CalibrationError, match="cannot read"):
         load(tmp_path / "missing.json")
+    assert data["confidence_method"] == "exact"
+    loaded.check_method("exact")
+    with pytest.raises(CalibrationError, match="fitted on 'exact' distributions"):
+        loaded.check_method("seed")
     data["version"] = 99
     (tmp_path / "new.json").write_text(json.dumps(data))
     with pytest.raises(CalibrationError, match="version 99"):

@@ -141,6 +141,7 @@ class LLMClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             self.calibration_, _ = fit_calibration(
                 task, self._backend().model_name, self._logprobs(texts), y_idx,
                 method=self.calibration, folds=self.folds,
+                confidence_method=methods.resolve(self.method, self._backend().capabilities),
             )
         self.n_features_in_ = 1
         return self

@@ -53,6 +53,7 @@ class Calibration:
     kind: str
     labels: tuple[str, ...]
     n_fitted: int = 0
+    confidence_method: str = "exact"
     selection: dict[str, Any] | None = None
     routing: RoutingResult | None = None
     conformal: dict[str, Any] | None = None
@@ -113,6 +114,7 @@ class Calibration:
             "model": self.model,
             "prompt_hash": self.prompt_hash,
             "n_fitted": self.n_fitted,
+            "confidence_method": self.confidence_method,
             "calibrator": self.calibrator.to_dict(),
             "selection": self.selection,
             "routing": None if self.routing is None else self.routing.as_dict(),
@@ -145,6 +147,7 @@ class Calibration:
                 kind=str(task["kind"]),
                 labels=tuple(task["labels"]),
                 n_fitted=int(data.get("n_fitted", 0)),
+                confidence_method=str(data.get("confidence_method", "exact")),
                 selection=data.get("selection"),
                 routing=None if routing is None else RoutingResult.from_dict(routing),
                 conformal=data.get("conformal"),
@@ -152,6 +155,15 @@ class Calibration:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CalibrationError(f"{source}: malformed calibration file ({exc})") from exc
+
+    def check_method(self, method: str, *, source: str = "calibration") -> None:
+        """Refuse distributions from another confidence method than the one fitted on."""
+        if method != self.confidence_method:
+            raise CalibrationError(
+                f"{source} was fitted on {self.confidence_method!r} distributions, but this run "
+                f"uses --method {method}; their probabilities differ, so use --method "
+                f"{self.confidence_method} or refit"
+            )
 
     def check(self, task: Task, model: str | None = None, *, source: str = "calibration") -> None:
         """Refuse to apply this calibration to another task, model or prompt."""

@@ -111,6 +111,7 @@ def fit_calibration(
     delta: float = 0.1,
     alpha: float | None = None,
     seed: int = 0,
+    confidence_method: str = "exact",
 ) -> tuple[Calibration, FloatArray]:
     """Choose and fit a calibrator on labelled rows; optionally set routing from it.
 
@@ -127,6 +128,8 @@ def fit_calibration(
         Fit a guaranteed accept threshold (see :func:`surelabel.routing.fit_accept_threshold`).
     alpha:
         Fit a split-conformal quantile for prediction sets of coverage 1 - alpha.
+    confidence_method:
+        The method that produced ``logprobs`` (recorded; ``classify`` checks it).
 
     Returns
     -------
@@ -193,6 +196,7 @@ def fit_calibration(
         kind=task.kind,
         labels=task.label_names,
         n_fitted=n,
+        confidence_method=confidence_method,
         selection=selection.as_dict(),
         routing=routing,
         conformal=conformal,

@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         target_error=args.target_error,
         delta=args.delta,
         alpha=args.alpha,
+        confidence_method=scored.method,
     )
     calibration.save(args.output)
     out = sys.stdout

@@ -74,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
         thresholds=thresholds,
         calibrator=calibration,
     )
+    if calibration is not None:
+        calibration.check_method(classifier.method, source=f"calibration file {args.calibration}")
     to_stdout_jsonl = args.output is None and args.format == "jsonl"
     resumed = 0
     if args.output and args.output != "-" and not args.overwrite:

@@ -285,6 +285,8 @@ def run(args: argparse.Namespace) -> int:
         model = backend.model_name
         if args.calibration:
             calibration = load(args.calibration, task, model)
+            calibration.check_method(full_method(backend),
+                                     source=f"calibration file {args.calibration}")
         scored = score_labelled(backend, task, rows, y, with_seed="seed" in chosen,
                                 quiet=args.quiet)
     assert scored.exact is not None
