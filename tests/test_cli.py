@@ -121,6 +121,9 @@ def test_interrupt_leaves_valid_jsonl(tmp_path: Path) -> None:
         [sys.executable, "-m", "surelabel", "classify", FVH, str(items), "-o", str(out), "-q"],
         stderr=subprocess.PIPE,
         text=True,
+        # A shell's background job inherits SIGINT as ignored, and Python then installs no
+        # Ctrl-C handler: give the child the default disposition, as a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 300
     while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 2):
