@@ -70,6 +70,13 @@ def test_writer_flushes_complete_lines(tmp_path: Path) -> None:
     assert w.count == 1
 
 
+def test_writer_escapes_lone_surrogates(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    with JsonlWriter(out) as w:
+        w.write({"text": "\ud800 lone"})
+    assert json.loads(out.read_text(encoding="utf-8")) == {"text": "\ud800 lone"}
+
+
 def test_format_table() -> None:
     table = format_table(
         [

@@ -117,6 +117,15 @@ def test_seed_method_reads_first_value_token(backend: LlamaCppBackend) -> None:
     assert abs(sum(rec["probabilities"].values()) - 1) < 1e-5
 
 
+def test_bad_items_become_error_records(backend: LlamaCppBackend) -> None:
+    task = load_task(EXAMPLES / "fruit_veg_herb.yaml")
+    clf = Classifier(task, backend, reason=False)
+    assert clf.classify_one("  \n\t ").error == "empty text"
+    assert clf.classify_one(None).error == "text must be a string, got NoneType"
+    assert "not valid Unicode" in (clf.classify_one("\ud800 lone surrogate").error or "")
+    assert clf.classify_one("tomato").error is None
+
+
 def test_long_text_is_truncated_from_the_middle_with_a_warning() -> None:
     small = LlamaCppBackend(n_ctx=512)
     try:

@@ -128,6 +128,10 @@ class Classifier:
         if not text.strip():
             return Record(**base, error="empty text")
         try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return Record(**base, error=f"text is not valid Unicode ({exc.reason})")
+        try:
             result = self.run_method(text)
         except UserError:
             raise

@@ -149,8 +149,14 @@ class JsonlWriter:
         self.count = 0
 
     def write(self, obj: Mapping[str, Any]) -> None:
+        line = json.dumps(obj, ensure_ascii=False)
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:
+            # Text with lone surrogates (legal in JSON input) cannot be UTF-8: escape it.
+            line = json.dumps(obj)
         # One write call per line: an interrupt lands between lines, never inside one.
-        self._fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        self._fh.write(line + "\n")
         self._fh.flush()
         self.count += 1
 
@@ -178,6 +184,7 @@ def format_table(records: Iterable[Mapping[str, Any]], *, width: int = 40) -> st
             conf = f"{r['confidence']:.3f}"
             decision = str(r.get("decision"))
         text = str(r.get("text", "")).replace("\n", " ")
+        text = text.encode("utf-8", "replace").decode("utf-8")  # lone surrogates
         if len(text) > width:
             text = text[: width - 1] + "…"
         rows.append([str(r.get("id", "")), str(label), conf, decision, text])
