@@ -44,3 +44,13 @@ def test_custom_thresholds_and_least_certain() -> None:
     assert decide(0.61, t) == "accept" and decide(0.29, t) == "clarify"
     assert least_certain(["accept", "review", "accept"]) == "review"
     assert least_certain(["accept", "clarify", "review"]) == "clarify"
+
+
+def test_chosen_label_wins_even_when_less_probable() -> None:
+    # seed measured 0.3 for its generated answer "a"; the rest is spread over b and c.
+    d = LabelDistribution(("a", "b", "c"), (0.3, 0.35, 0.35), chosen="a")
+    assert d.label == "a" and d.confidence == 0.3
+    assert d.margin == pytest.approx(-0.05)
+    assert d.with_probabilities([0.5, 0.3, 0.2]).label == "a"
+    with pytest.raises(ValueError, match="not one of the labels"):
+        LabelDistribution(("a", "b"), (0.5, 0.5), chosen="z")

@@ -34,6 +34,10 @@ class LabelDistribution:
         answer something else.
     unseen:
         Labels whose probability was not observed (top-k APIs) and is an upper bound.
+    chosen:
+        The label a method committed to, when that is not simply the most probable one:
+        ``seed`` measures only the generated label, and spreads the rest of the
+        probability over the others, which can then exceed it.
     """
 
     labels: tuple[str, ...]
@@ -41,12 +45,15 @@ class LabelDistribution:
     logprobs: tuple[float | None, ...] | None = None
     label_mass: float | None = None
     unseen: tuple[str, ...] = ()
+    chosen: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.labels) != len(self.probabilities):
             raise ValueError("labels and probabilities differ in length")
         if len(self.labels) < 2:
             raise ValueError("a distribution needs at least 2 labels")
+        if self.chosen is not None and self.chosen not in self.labels:
+            raise ValueError(f"chosen label {self.chosen!r} is not one of the labels")
 
     @classmethod
     def from_logprobs(cls, labels: Sequence[str], logprobs: Sequence[float]) -> LabelDistribution:
@@ -79,24 +86,27 @@ class LabelDistribution:
         return dict(zip(self.labels, self.probabilities))
 
     @property
-    def _order(self) -> list[int]:
-        return sorted(range(len(self.labels)), key=lambda i: -self.probabilities[i])
+    def _index(self) -> int:
+        if self.chosen is not None:
+            return self.labels.index(self.chosen)
+        return max(range(len(self.labels)), key=lambda i: (self.probabilities[i], -i))
 
     @property
     def label(self) -> str:
-        """The most probable label (first in task order on ties)."""
-        return self.labels[self._order[0]]
+        """The chosen label: the most probable one (first in task order on ties), unless a
+        method committed to another (see ``chosen``)."""
+        return self.labels[self._index]
 
     @property
     def confidence(self) -> float:
-        """Probability of the most probable label."""
-        return self.probabilities[self._order[0]]
+        """Probability of the chosen label."""
+        return self.probabilities[self._index]
 
     @property
     def margin(self) -> float:
-        """Top-1 minus top-2 probability."""
-        order = self._order
-        return self.probabilities[order[0]] - self.probabilities[order[1]]
+        """Chosen label's probability minus the highest other one (top-1 minus top-2)."""
+        i = self._index
+        return self.probabilities[i] - max(p for j, p in enumerate(self.probabilities) if j != i)
 
     @property
     def entropy(self) -> float:
@@ -111,4 +121,5 @@ class LabelDistribution:
             logprobs=self.logprobs,
             label_mass=self.label_mass,
             unseen=self.unseen,
+            chosen=self.chosen,
         )

@@ -124,21 +124,16 @@ def _first_token_probability(gen: Generation, path: list[str]) -> tuple[Any, flo
 
 def seed(backend: Backend, task: Task, text: str, want_reason: bool) -> MethodResult:
     """The source technique: exp(logprob) of the first token of the generated label value."""
-    schema = prompt.json_schema(task)
-    if not want_reason:
-        schema["properties"].pop("reason", None)
-        schema["required"] = [k for k in schema["required"] if k != "reason"]
     gen = backend.generate(
-        prompt.messages(task, text), schema=schema, max_tokens=SEED_MAX_TOKENS, top_logprobs=1
+        prompt.messages(task, text),
+        schema=_answer_schema(task, want_reason),
+        max_tokens=SEED_MAX_TOKENS,
+        top_logprobs=1,
     )
     if not gen.tokens:
         raise MissingLogprobsError("the backend returned no token logprobs")
     warnings = tuple(gen.info.get("warnings", ()))
-    try:
-        parsed = json.loads(gen.text)
-    except json.JSONDecodeError as exc:
-        raise OffSchemaError(f"answer is not valid JSON: {gen.text[:80]!r}") from exc
-    reason = parsed.get("reason") if isinstance(parsed, dict) and want_reason else None
+    reason = _reason(gen.text, want_reason)
     info = {"confidence_source": "logprobs", "usage": gen.usage}
     if task.kind == "multilabel":
         per_label = {}
@@ -147,13 +142,15 @@ def seed(backend: Backend, task: Task, text: str, want_reason: bool) -> MethodRe
             if not isinstance(value, bool):
                 raise OffSchemaError(f"label {name!r} is not answered with true/false")
             p_true = p if value else 1.0 - p
-            per_label[name] = LabelDistribution(BINARY, (p_true, 1.0 - p_true))
+            per_label[name] = LabelDistribution(
+                BINARY, (p_true, 1.0 - p_true), chosen="true" if value else "false"
+            )
         return MethodResult(per_label=per_label, reason=reason, warnings=warnings, info=info)
     value, p = _first_token_probability(gen, [task.field])
     chosen = _value_label(task, value)
     rest = (1.0 - p) / (len(task.labels) - 1)
     probs = tuple(p if name == chosen else rest for name in task.label_names)
-    dist = LabelDistribution(task.label_names, probs)
+    dist = LabelDistribution(task.label_names, probs, chosen=chosen)
     return MethodResult(distribution=dist, reason=reason, warnings=warnings, info=info)
 
 
