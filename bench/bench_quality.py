@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-error", default="0.05,0.1,0.2",
                         help="comma-separated target error rates for routing")
     parser.add_argument("--delta", type=float, default=0.1)
+    parser.add_argument("--method", default="auto",
+                        help="calibration method (default auto; e.g. top_label)")
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--json", type=Path, default=RESULTS / "quality.json")
     args = parser.parse_args(argv)
@@ -247,6 +249,7 @@ def evaluate_set(name: str, args: argparse.Namespace, model: str) -> dict[str, A
     targets = [float(t) for t in str(args.target_error).split(",")]
     calibration, _ = fit_calibration(
         task, model, x_fit, y_fit, content_free=cf, alpha=None if multilabel else args.alpha,
+        method="auto" if multilabel and args.method == "top_label" else args.method,
     )
     raw = probs_of(x_held)
     cal = calibration.calibrator.predict_proba(x_held)
@@ -255,7 +258,9 @@ def evaluate_set(name: str, args: argparse.Namespace, model: str) -> dict[str, A
     conf_cal, ok_cal = calibration_view(task, cal, y_held)
     out: dict[str, Any] = {
         "set": name, "kind": task.kind, "n_fit": len(fit_rows), "n_held": len(held_rows),
-        "method": calibration.method,
+        "method": (f"{calibration.selection['method']} + top_label"
+                   if calibration.method == "top_label" and calibration.selection
+                   else calibration.method),
         "selection": (calibration.selection or {}).get("reason"),
         "raw": measure(conf_raw, ok_raw, args.bootstrap),
         "calibrated": measure(conf_cal, ok_cal, args.bootstrap),

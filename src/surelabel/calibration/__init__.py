@@ -24,6 +24,7 @@ from surelabel.calibration.methods import (
     PerLabelCalibrator,
     PlattScaling,
     TemperatureScaling,
+    TopLabelCalibration,
     make_calibrator,
 )
 
@@ -38,6 +39,7 @@ __all__ = [
     "PerLabelCalibrator",
     "PlattScaling",
     "TemperatureScaling",
+    "TopLabelCalibration",
     "calibration_view",
     "fit_calibration",
     "label_indices",

@@ -19,8 +19,10 @@ from surelabel.calibration.file import Calibration, prompt_hash
 from surelabel.calibration.methods import (
     BINARY_ONLY,
     CALIBRATORS,
+    WRAPPERS,
     Calibrator,
     PerLabelCalibrator,
+    TopLabelCalibration,
     make_calibrator,
 )
 from surelabel.errors import CalibrationError
@@ -30,11 +32,14 @@ from surelabel.task import Task
 
 FloatArray = NDArray[np.float64]
 MIN_ROWS = 10
+#: Fewest rows for the top-label step: an isotonic map fitted on fewer is mostly noise.
+TOP_LABEL_MIN_ROWS = 100
 
 
 def candidates(kind: str, has_content_free: bool) -> list[str]:
     """Methods that apply to a task kind (``auto`` chooses among these)."""
-    names = [m for m in CALIBRATORS if kind != "multiclass" or m not in BINARY_ONLY]
+    names = [m for m in CALIBRATORS if m not in WRAPPERS
+             and (kind != "multiclass" or m not in BINARY_ONLY)]
     if not has_content_free:
         names.remove("contextual")
     return names
@@ -122,6 +127,10 @@ def fit_calibration(
         label's true/false) for multilabel tasks.
     y:
         True label indices (n,), or for multilabel an (n, L) 0/1 array.
+    method:
+        ``auto`` (lowest cross-validated log loss), ``top_label`` (what ``auto`` picks,
+        then :class:`~surelabel.calibration.TopLabelCalibration` of its top-label
+        confidence; single-label tasks, at least ``TOP_LABEL_MIN_ROWS`` rows), or a name.
     content_free:
         The same kind of array for content-free inputs; enables ``contextual``.
     target_error, delta:
@@ -140,7 +149,10 @@ def fit_calibration(
     cf = None if content_free is None else np.asarray(content_free, dtype=np.float64)
     n = len(x)
     allowed = candidates(task.kind, cf is not None)
-    if method == "auto":
+    if method in WRAPPERS and task.kind == "multilabel":
+        raise CalibrationError(f"calibration method {method!r} is for single-label tasks "
+                               "(multilabel labels are calibrated one yes/no at a time)")
+    if method in ("auto", *WRAPPERS):
         tried = allowed
     elif method not in CALIBRATORS:
         raise CalibrationError(
@@ -166,19 +178,35 @@ def fit_calibration(
     raw_loss = _loss(task, yy, _raw_probabilities(task, x)) if n else float("nan")
     chosen = min(losses, key=lambda m: losses[m])
     others = ", ".join(f"{m} {v:.4f}" for m, v in sorted(losses.items(), key=lambda kv: kv[1]))
-    if method == "auto":
-        reason = (f"auto picked {chosen}: lowest {k}-fold cross-validated log loss "
+    if method != chosen:
+        reason = (f"{method} picked {chosen}: lowest {k}-fold cross-validated log loss "
                   f"({others}; uncalibrated {raw_loss:.4f})")
     else:
         reason = (f"{chosen} as asked: {k}-fold cross-validated log loss {losses[chosen]:.4f} "
                   f"(uncalibrated {raw_loss:.4f})")
-    selection = Selection(chosen, {**losses, "none": raw_loss}, reason)
+    probs = oof[chosen]
+    # top_label: the base auto picks, then a recalibration of its top-label confidence.
+    top_label = (method == "top_label" and task.kind != "multilabel"
+                 and chosen != "contextual" and n >= TOP_LABEL_MIN_ROWS)
     if chosen == "contextual":
         assert cf is not None
-        calibrator = _new(chosen, task).fit(cf)
+        calibrator: Calibrator = _new(chosen, task).fit(cf)
+    elif top_label:
+        calibrator = TopLabelCalibration(base=chosen, seed=seed).fit(x, yy)
+        probs = np.zeros_like(probs)
+        for test in _folds(n, k, seed):
+            train = np.setdiff1d(np.arange(n), test)
+            fold = TopLabelCalibration(base=chosen, seed=seed).fit(x[train], yy[train])
+            probs[test] = fold.predict_proba(x[test])
+        reason += ("; then its top-label confidence is recalibrated (top_label: centred "
+                   "isotonic regression on cross-fitted confidences)")
+    elif method == "top_label":
+        reason += ("; top-label step skipped: " + ("the base needs no labels" if
+                   chosen == "contextual" else f"fewer than {TOP_LABEL_MIN_ROWS} rows"))
+        calibrator = _new(chosen, task).fit(x, yy)
     else:
         calibrator = _new(chosen, task).fit(x, yy)
-    probs = oof[chosen]
+    selection = Selection(chosen, {**losses, "none": raw_loss}, reason)
     routing = None
     if target_error is not None:
         conf, correct = top_label_view(task, probs, yy)

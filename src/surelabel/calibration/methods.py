@@ -9,6 +9,8 @@
 - :class:`ContextualCalibration` (Zhao et al. 2021): the model's bias is its label
   distribution for content-free inputs ("N/A", "", "[MASK]"); dividing it out needs no
   labels at all. ``fit`` takes the content-free inputs' log-probabilities.
+- :class:`TopLabelCalibration` (Gupta & Ramdas 2021): another calibrator, then a centred
+  isotonic map of its top-label confidence, fitted on cross-fitted confidences.
 - :class:`PerLabelCalibrator`: one binary calibrator per label of a multilabel task.
 
 All are numpy only (no scikit-learn or scipy at run time).
@@ -299,6 +301,121 @@ class ContextualCalibration(BaseCalibrator):
         return softmax(logprobs - self.bias_[None, :])
 
 
+class TopLabelCalibration(BaseCalibrator):
+    """A base calibrator followed by a recalibration of its top-label confidence.
+
+    "Top-label calibration" (Gupta & Ramdas 2021): what a user reads, and what routing
+    thresholds, is the confidence of the predicted label, so that one number is mapped to
+    the observed accuracy. The base calibrator's out-of-fold confidences (``folds``-fold
+    cross-fitting on the rows given to ``fit``) and whether each prediction was right are
+    fitted by isotonic regression; the map is then linear between the centres of the
+    isotonic steps ("centred" isotonic regression), which keeps the ranking of items
+    and avoids the ties of a step function. The base is then refitted on all rows.
+
+    At prediction time the top label's probability is replaced by the mapped confidence and
+    the other labels share the rest in their old proportions. The predicted label never
+    changes: a mapped confidence too low for that is raised just above the runner-up.
+
+    Parameters
+    ----------
+    base:
+        Name of the base calibrator (any labelled method in :data:`CALIBRATORS`).
+    folds:
+        Cross-fitting folds for the base's out-of-fold confidences.
+    seed:
+        Seed of the fold assignment.
+    eps:
+        Mapped confidences are kept in [eps, 1 - eps].
+    """
+
+    method: ClassVar[str] = "top_label"
+    _state: ClassVar[tuple[str, ...]] = ("x_", "y_")
+
+    def __init__(
+        self, base: str = "temperature", folds: int = 5, seed: int = 0, eps: float = 1e-3
+    ) -> None:
+        self.base = base
+        self.folds = folds
+        self.seed = seed
+        self.eps = eps
+
+    def _make_base(self) -> BaseCalibrator:
+        cls = CALIBRATORS.get(self.base)
+        if cls is None or not cls.needs_labels or cls is TopLabelCalibration:
+            raise CalibrationError(
+                f"top_label: base must be a calibrator fitted on labels, got {self.base!r}"
+            )
+        return cls()
+
+    def fit(self, logprobs: ArrayLike, y: ArrayLike | None = None) -> TopLabelCalibration:
+        x = as_logprobs(logprobs)
+        n, k = x.shape
+        labels = check_labels(y, n, k)
+        n_folds = max(2, min(self.folds, n))
+        order = np.random.default_rng(self.seed).permutation(n)
+        oof = np.zeros_like(x)
+        for test in np.array_split(order, n_folds):
+            train = np.setdiff1d(np.arange(n), test)
+            oof[test] = self._make_base().fit(x[train], labels[train]).predict_proba(x[test])
+        self.x_, self.y_ = _centred_isotonic(
+            oof.max(axis=1), (oof.argmax(axis=1) == labels).astype(np.float64), self.eps
+        )
+        self.base_ = self._make_base().fit(x, labels)
+        self.n_classes_ = k
+        return self
+
+    def _transform(self, logprobs: FloatArray) -> FloatArray:
+        p = self.base_.predict_proba(logprobs)
+        rows = np.arange(len(p))
+        top = p.argmax(axis=1)
+        p1 = p[rows, top]
+        p2 = np.sort(p, axis=1)[:, -2]
+        # The lowest top confidence that keeps the top label on top after rescaling.
+        floor = p2 / np.maximum(1 - p1 + p2, 1e-12)
+        conf = np.maximum(np.interp(p1, self.x_, self.y_), np.minimum(floor + 1e-9, 1.0))
+        out = p * ((1 - conf) / np.maximum(1 - p1, 1e-12))[:, None]
+        out[rows, top] = conf
+        return np.asarray(out, dtype=np.float64)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        data["state"]["base_"] = self.base_.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TopLabelCalibration:
+        obj = super().from_dict(data)
+        assert isinstance(obj, TopLabelCalibration)
+        try:
+            base = data["state"]["base_"]
+            obj.base_ = CALIBRATORS[base["method"]].from_dict(base)
+        except (KeyError, TypeError) as exc:
+            raise CalibrationError(f"top_label calibrator: malformed state ({exc})") from exc
+        return obj
+
+
+def _centred_isotonic(
+    conf: FloatArray, correct: FloatArray, eps: float
+) -> tuple[FloatArray, FloatArray]:
+    """Knots of a centred isotonic fit of ``correct`` on ``conf``: one per isotonic step."""
+    order = np.argsort(conf, kind="mergesort")
+    uniq, start, counts = np.unique(conf[order], return_index=True, return_counts=True)
+    means = np.add.reduceat(correct[order], start) / counts
+    fitted = _pava(means, counts.astype(np.float64))
+    # A step is a run of equal fitted values; its knot is at its count-weighted mean x.
+    new_step = np.concatenate([[True], fitted[1:] != fitted[:-1]])
+    step = np.cumsum(new_step) - 1
+    weights = np.bincount(step, weights=counts.astype(np.float64))
+    xs = np.bincount(step, weights=uniq * counts) / weights
+    ys = np.clip(fitted[new_step], eps, 1 - eps)
+    if xs[-1] < 1.0:
+        # Past the last step, rise linearly to 1 - eps at confidence 1 rather than staying
+        # flat: a flat top would tie the most confident items, and routing could no
+        # longer accept just the best of them.
+        xs, ys = np.append(xs, 1.0), np.append(ys, max(ys[-1], 1 - eps))
+    return np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+
+
 #: Content-free inputs used to estimate a model's label bias (Zhao et al. 2021).
 CONTENT_FREE: tuple[str, ...] = ("N/A", "", "[MASK]")
 
@@ -310,10 +427,13 @@ CALIBRATORS: dict[str, type[BaseCalibrator]] = {
         PlattScaling,
         IsotonicCalibration,
         ContextualCalibration,
+        TopLabelCalibration,
     )
 }
 #: Methods that only apply to binary (two-label) distributions.
 BINARY_ONLY = ("platt", "isotonic")
+#: Methods that wrap another one; ``auto`` does not try them as a base.
+WRAPPERS = ("top_label",)
 
 
 def make_calibrator(method: str, **params: Any) -> BaseCalibrator:
