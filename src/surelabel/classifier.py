@@ -16,7 +16,12 @@ from surelabel.task import Task, Thresholds
 
 
 class Calibrator(Protocol):
-    """Anything that maps a raw label distribution to a calibrated one."""
+    """Anything that maps a raw label distribution to a calibrated one.
+
+    A calibrator may also offer ``label_set(distribution) -> list[str] | None`` (a conformal
+    prediction set of the calibrated distribution); single-label records then carry it as
+    ``label_set``.
+    """
 
     def calibrate(
         self, distribution: LabelDistribution, label: str | None = None
@@ -116,13 +121,16 @@ class Classifier:
         self.thresholds = thresholds or task.thresholds
         self.calibrator = calibrator
 
+    def _base(self, id: Any, text: Any) -> dict[str, Any]:
+        return {"id": id, "text": text, "method": self.method, "model": self.backend.model_name}
+
     def run_method(self, text: str) -> methods.MethodResult:
         """The raw (uncalibrated) result of the confidence method for one text."""
         return methods.METHODS[self.method](self.backend, self.task, text, self.reason)
 
     def classify_one(self, text: Any, id: Any = None) -> Record:
         """Classify one text. Problems with the item become an error record, not an exception."""
-        base = {"id": id, "text": text, "method": self.method, "model": self.backend.model_name}
+        base = self._base(id, text)
         if not isinstance(text, str):
             return Record(**base, error=f"text must be a string, got {type(text).__name__}")
         if not text.strip():
@@ -141,7 +149,7 @@ class Classifier:
 
     def to_record(self, result: methods.MethodResult, *, id: Any, text: str) -> Record:
         """Calibrate, decide and package a method result."""
-        base = {"id": id, "text": text, "method": self.method, "model": self.backend.model_name}
+        base = self._base(id, text)
         warning = "; ".join(result.warnings) or None
         extra = dict(result.info)
         if self.calibrator is not None:
@@ -153,6 +161,10 @@ class Classifier:
         dist = self.calibrator.calibrate(raw) if self.calibrator is not None else raw
         if self.calibrator is not None:
             extra["raw_confidence"] = _round(raw.confidence)
+            label_set = getattr(self.calibrator, "label_set", None)
+            members = label_set(dist) if label_set is not None else None
+            if members is not None:
+                extra["label_set"] = members
         return Record(
             **base,
             label=dist.label,

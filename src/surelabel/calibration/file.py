@@ -93,15 +93,6 @@ class Calibration:
             return base
         return Thresholds(accept=accept, clarify=min(base.clarify, accept))
 
-    def annotate(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Add the conformal ``label_set`` to an output row (single-label tasks)."""
-        probs = record.get("probabilities")
-        if self.conformal_quantile is None or not probs or record.get("labels") is not None:
-            return record
-        dist = LabelDistribution.from_probabilities(probs)
-        record["label_set"] = self.label_set(dist)
-        return record
-
     # -- persistence --------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:

@@ -94,8 +94,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         for result in classify_ordered(classifier, rows[resumed:], workers):
             record = result.to_dict()
-            if calibration is not None:
-                record = calibration.annotate(record)
             if writer is not None:
                 writer.write(record)
             if args.format == "table":

@@ -284,9 +284,7 @@ def create_app(
 
     def classify_and_store(task: str, batch: list[ItemIn]) -> list[dict[str, Any]]:
         classifier = classifiers[task]
-        calibration, version = settings.calibrations.get(task, (None, None))
-        # Conformal label sets, when the calibration has them (see Calibration.annotate).
-        annotate = getattr(calibration, "annotate", None)
+        _, version = settings.calibrations.get(task, (None, None))
         out: list[dict[str, Any]] = []
         for entry in batch:
             if entry.id is not None:
@@ -295,8 +293,6 @@ def create_app(
                     out.append(known.to_dict())
                     continue
             record = classifier.classify_one(entry.text, entry.id).to_dict()
-            if annotate is not None and record.get("error") is None:
-                record = annotate(record)
             item, _created = store.add_item(task, record, calibration=version)
             out.append(item.to_dict())
         return out
