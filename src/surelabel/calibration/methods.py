@@ -18,6 +18,7 @@ All are numpy only (no scikit-learn or scipy at run time).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -125,26 +126,17 @@ class BiasTemperatureScaling(BaseCalibrator):
             lse = np.logaddexp.reduce(z, axis=1)
             return float(np.mean(lse - z[np.arange(n), labels]) + 0.5 * ridge @ theta**2)
 
-        theta = np.zeros(k + 1)
-        theta[0] = 1.0
-        current = loss(theta)
-        for _ in range(self.max_iter):
-            z = phi @ theta
-            p = softmax(z)
+        def grad_hess(theta: FloatArray) -> tuple[FloatArray, FloatArray]:
+            p = softmax(phi @ theta)
             grad = np.einsum("ij,ijd->d", p - onehot, phi) / n + ridge * theta
             mean_phi = np.einsum("ij,ijd->id", p, phi)
             hess = (np.einsum("ij,ijd,ije->de", p, phi, phi)
                     - np.einsum("id,ie->de", mean_phi, mean_phi)) / n + np.diag(ridge)
-            step = np.linalg.solve(hess + 1e-9 * np.eye(k + 1), grad)
-            scale = 1.0
-            while scale > 1e-6 and loss(theta - scale * step) > current:
-                scale /= 2
-            theta = theta - scale * step
-            new = loss(theta)
-            if current - new < 1e-12:
-                current = new
-                break
-            current = new
+            return grad, hess + 1e-9 * np.eye(k + 1)
+
+        theta0 = np.zeros(k + 1)
+        theta0[0] = 1.0
+        theta = _newton(loss, grad_hess, theta0, self.max_iter)
         self.temperature_ = float(1.0 / theta[0]) if theta[0] > 0 else float("inf")
         self.bias_ = np.asarray(theta[1:], dtype=np.float64)
         self.n_classes_ = k
@@ -153,6 +145,31 @@ class BiasTemperatureScaling(BaseCalibrator):
     def _transform(self, logprobs: FloatArray) -> FloatArray:
         inv_t = 0.0 if np.isinf(self.temperature_) else 1.0 / self.temperature_
         return softmax(logprobs * inv_t + self.bias_[None, :])
+
+
+def _newton(
+    loss: Callable[[FloatArray], float],
+    grad_hess: Callable[[FloatArray], tuple[FloatArray, FloatArray]],
+    x0: FloatArray,
+    max_iter: int,
+) -> FloatArray:
+    """Minimize a convex ``loss`` by Newton's method with backtracking: a full step can
+    overshoot on near-separable data. Stops when the loss no longer improves."""
+    x = x0
+    current = loss(x)
+    for _ in range(max_iter):
+        grad, hess = grad_hess(x)
+        step = np.linalg.solve(hess, grad)
+        scale = 1.0
+        while scale > 1e-6 and loss(x - scale * step) > current:
+            scale /= 2
+        x = x - scale * step
+        new = loss(x)
+        converged = current - new < 1e-12
+        current = new
+        if converged:
+            break
+    return x
 
 
 def _binary_scores(x: FloatArray, method: str) -> FloatArray:
@@ -193,23 +210,13 @@ class PlattScaling(BaseCalibrator):
             # Cross-entropy with soft targets, written stably: log(1 + e^z) - t z.
             return float(np.mean(np.logaddexp(0.0, z) - t * z))
 
-        w = np.array([1.0, 0.0])
-        current = loss(w)
-        for _ in range(self.max_iter):
+        def grad_hess(w: FloatArray) -> tuple[FloatArray, FloatArray]:
             p = _sigmoid(design @ w)
             grad = design.T @ (p - t)
             hess = design.T @ (design * (p * (1 - p))[:, None]) + 1e-9 * np.eye(2)
-            step = np.linalg.solve(hess, grad)
-            # Newton with backtracking: a full step can overshoot on near-separable data.
-            scale = 1.0
-            while scale > 1e-6 and loss(w - scale * step) > current:
-                scale /= 2
-            w = w - scale * step
-            new = loss(w)
-            if current - new < 1e-12:
-                current = new
-                break
-            current = new
+            return grad, hess
+
+        w = _newton(loss, grad_hess, np.array([1.0, 0.0]), self.max_iter)
         self.a_, self.b_ = float(w[0]), float(w[1])
         self.n_classes_ = 2
         return self
