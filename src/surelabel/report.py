@@ -230,6 +230,19 @@ def _json_default(x: Any) -> Any:
 # -- displays ---------------------------------------------------------------------------
 
 
+def _axes(ax: Any) -> Any:
+    """``ax``, or new axes on a headless (Agg) figure; matplotlib is imported only here."""
+    if ax is not None:
+        return ax
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    _, new = plt.subplots(figsize=(5, 4.5))
+    return new
+
+
 @dataclass
 class ReliabilityDisplay:
     """Reliability diagram of one or more methods (accuracy vs confidence per bin)."""
@@ -237,13 +250,7 @@ class ReliabilityDisplay:
     curves: Mapping[str, Mapping[str, Any]]
 
     def plot(self, ax: Any = None) -> Any:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            _, ax = plt.subplots(figsize=(5, 4.5))
+        ax = _axes(ax)
         ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
         for name, curve in self.curves.items():
             ax.plot(curve["confidence"], curve["accuracy"], marker="o", markersize=3, label=name)
@@ -263,13 +270,7 @@ class RiskCoverageDisplay:
     curves: Mapping[str, Mapping[str, Any]]
 
     def plot(self, ax: Any = None) -> Any:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        if ax is None:
-            _, ax = plt.subplots(figsize=(5, 4.5))
+        ax = _axes(ax)
         for name, curve in self.curves.items():
             ax.step(curve["coverage"], curve["risk"], where="post", label=name)
         ax.set_xlabel("coverage (share accepted)")
