@@ -13,6 +13,7 @@ from surelabel.calibration import (
     BiasTemperatureScaling,
     Calibration,
     ContextualCalibration,
+    DirichletCalibration,
     IsotonicCalibration,
     PerLabelCalibrator,
     PlattScaling,
@@ -61,6 +62,7 @@ def emotions() -> Task:
     [
         TemperatureScaling,
         BiasTemperatureScaling,
+        DirichletCalibration,
         PlattScaling,
         IsotonicCalibration,
         ContextualCalibration,
@@ -101,6 +103,61 @@ def test_bias_temperature_undoes_a_label_preference() -> None:
     assert acc_cal > acc_raw
     again = BiasTemperatureScaling.from_dict(cal.to_dict())
     np.testing.assert_allclose(again.predict_proba(biased[:5]), cal.predict_proba(biased[:5]))
+
+
+def confused(n: int, seed: int = 0):
+    """Log-probs of a model that swaps labels 0 and 1 (reads one for the other), and
+    favours label 2."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, size=n)
+    logits = rng.normal(size=(n, 4)) + 2.5 * np.eye(4)[y]
+    logits = logits[:, [1, 0, 2, 3]]  # the model swaps labels 0 and 1 ...
+    logits[:, 2] += 1.0  # ... and likes label 2
+    return np.asarray(np.log(softmax(2.0 * logits))), y
+
+
+def test_dirichlet_undoes_a_confusion_between_labels() -> None:
+    x, y = confused(6000, seed=7)
+    fit, held = slice(0, 3000), slice(3000, None)
+    cal = DirichletCalibration().fit(x[fit], y[fit])
+    p = cal.predict_proba(x[held])
+    # The swap is a confusion no per-label bias or temperature can undo; a full map can.
+    acc = {
+        "raw": np.mean(softmax(x[held]).argmax(1) == y[held]),
+        "bias_temperature": np.mean(
+            BiasTemperatureScaling().fit(x[fit], y[fit]).predict_proba(x[held]).argmax(1)
+            == y[held]
+        ),
+        "dirichlet": np.mean(p.argmax(1) == y[held]),
+    }
+    assert acc["dirichlet"] > acc["bias_temperature"] + 0.1 and acc["dirichlet"] > 0.8, acc
+    assert metrics.log_loss(y[held], p) < metrics.log_loss(y[held], softmax(x[held]))
+    assert cal.l2_ in cal.l2_grid  # picked by cross-validation
+    again = DirichletCalibration.from_dict(json.loads(json.dumps(cal.to_dict())))
+    np.testing.assert_allclose(again.predict_proba(x[:5]), cal.predict_proba(x[:5]))
+
+
+def test_dirichlet_stays_finite_when_a_label_never_occurs() -> None:
+    x, y = overconfident(300, 4, seed=1)
+    y[y == 3] = 0
+    cal = DirichletCalibration().fit(x, y)
+    assert np.isfinite(cal.weights_).all() and np.abs(cal.weights_).max() < 50
+    p = cal.predict_proba(x)
+    assert np.isfinite(p).all() and p[:, 3].max() < 0.1
+
+
+def test_dirichlet_without_penalty_is_multinomial_logistic_regression() -> None:
+    # With l2=0 (only the tiny pull of the diagonal towards 1 is left) it is the
+    # maximum-likelihood multinomial logistic regression on the
+    # normalized log-probabilities: scikit-learn must find the same probabilities.
+    from sklearn.linear_model import LogisticRegression
+
+    from surelabel.calibration.base import as_logprobs
+
+    x, y = overconfident(800, 3, seed=9)
+    ours = DirichletCalibration(l2=0.0).fit(x, y).predict_proba(x)
+    ref = LogisticRegression(C=np.inf, tol=1e-10, max_iter=10_000).fit(as_logprobs(x), y)
+    np.testing.assert_allclose(ours, ref.predict_proba(as_logprobs(x)), atol=1e-5)
 
 
 @pytest.mark.parametrize("cls", [PlattScaling, IsotonicCalibration])
@@ -163,7 +220,8 @@ def test_auto_picks_by_cross_validated_log_loss(sst2: Task) -> None:
     sel = calibration.selection
     assert sel is not None
     assert set(sel["cv_log_loss"]) == {
-        "temperature", "bias_temperature", "platt", "isotonic", "contextual", "none"
+        "temperature", "bias_temperature", "dirichlet", "platt", "isotonic", "contextual",
+        "none",
     }
     chosen = sel["method"]
     assert chosen == min(
@@ -274,3 +332,11 @@ def test_calibration_is_a_classifier_calibrator() -> None:
     from surelabel.classifier import Calibrator
 
     assert hasattr(Calibration, "calibrate") and Calibrator is not None
+
+
+def test_auto_tries_dirichlet_up_to_twenty_labels() -> None:
+    from surelabel.calibration.fit import DIRICHLET_AUTO_MAX_LABELS, candidates
+
+    assert "dirichlet" in candidates("multiclass", False, DIRICHLET_AUTO_MAX_LABELS)
+    assert "dirichlet" not in candidates("multiclass", False, DIRICHLET_AUTO_MAX_LABELS + 1)
+    assert "dirichlet" in candidates("multilabel", False, 50)  # one 2-label map per label

@@ -36,12 +36,19 @@ MIN_ROWS = 10
 TOP_LABEL_MIN_ROWS = 100
 
 
-def candidates(kind: str, has_content_free: bool) -> list[str]:
+#: ``auto`` tries ``dirichlet`` up to this many labels: it learns k (k + 1) weights, and
+#: its fit time grows about as k^5 (measured 0.4 s at 7 labels, 6 s at 25, 1000 rows).
+DIRICHLET_AUTO_MAX_LABELS = 20
+
+
+def candidates(kind: str, has_content_free: bool, n_labels: int = 2) -> list[str]:
     """Methods that apply to a task kind (``auto`` chooses among these)."""
     names = [m for m in CALIBRATORS if m not in WRAPPERS
              and (kind != "multiclass" or m not in BINARY_ONLY)]
     if not has_content_free:
         names.remove("contextual")
+    if kind == "multiclass" and n_labels > DIRICHLET_AUTO_MAX_LABELS:
+        names.remove("dirichlet")
     return names
 
 
@@ -148,12 +155,14 @@ def fit_calibration(
     yy = np.asarray(y)
     cf = None if content_free is None else np.asarray(content_free, dtype=np.float64)
     n = len(x)
-    allowed = candidates(task.kind, cf is not None)
+    allowed = candidates(task.kind, cf is not None, len(task.label_names))
     if method in WRAPPERS and task.kind == "multilabel":
         raise CalibrationError(f"calibration method {method!r} is for single-label tasks "
                                "(multilabel labels are calibrated one yes/no at a time)")
     if method in ("auto", *WRAPPERS):
         tried = allowed
+    elif method == "dirichlet" and task.kind == "multiclass":
+        tried = [method]  # asked for by name: any number of labels, however slow
     elif method not in CALIBRATORS:
         raise CalibrationError(
             f"unknown calibration method {method!r}; expected auto or one of "

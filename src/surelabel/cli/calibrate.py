@@ -25,9 +25,11 @@ def register(sub: Any) -> None:
     p.add_argument("-o", "--output", required=True, metavar="FILE",
                    help="calibration file to write (JSON)")
     p.add_argument("--method", default="auto", choices=("auto", *CALIBRATORS),
-                   help="auto (lowest cross-validated log loss), temperature (multiclass), "
-                        "platt or isotonic (binary, per label for multilabel), contextual "
-                        "(content-free inputs, no labels needed)")
+                   help="auto (lowest cross-validated log loss), temperature, "
+                        "bias_temperature, dirichlet (a full linear map of the label "
+                        "log-probabilities), platt or isotonic (binary, per label for "
+                        "multilabel), contextual (content-free inputs, no labels needed), "
+                        "top_label (auto's pick, then its top-label confidence recalibrated)")
     p.add_argument("--folds", type=int, default=5, metavar="K",
                    help="cross-validation folds for auto and for routing (default: 5)")
     p.add_argument("--target-error", type=float, metavar="E",
