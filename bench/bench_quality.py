@@ -192,6 +192,9 @@ def measure(conf: Any, ok: Any, n_boot: int) -> dict[str, Any]:
         "accuracy": round(float(ok.mean()), 4),
         "ece": round(ece(conf, ok), 4),
         "ece_ci95": _ci(ece, conf, ok, n_boot),
+        # The ECE a perfectly calibrated model with these confidences shows: mean, 95th pct.
+        "ece_noise_floor": [round(v, 4) for v in
+                            metrics.calibration_error_noise_floor(conf, 10, "quantile")],
         "debiased_ece": round(metrics.debiased_calibration_error(conf, ok, 10), 4),
         "smooth_ece": round(metrics.smooth_calibration_error(conf, ok), 4),
         "auroc": round(metrics.confidence_auroc_score(conf, ok), 4),
@@ -330,13 +333,16 @@ def evaluate_sets(names: list[str], args: argparse.Namespace) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print("| set | rows fit/held | method (auto) | accuracy raw / cal | ECE raw [95% CI] | "
-          "ECE cal [95% CI] | debiased ECE raw / cal | smooth ECE raw / cal |")
-    print("|---|---|---|---|---|---|---|---|")
+          "ECE cal [95% CI] | noise floor of ECE cal: mean (95th pct) | "
+          "debiased ECE raw / cal | smooth ECE raw / cal |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         raw, cal = r["raw"], r["calibrated"]
+        floor, floor95 = cal["ece_noise_floor"]
         print(f"| {r['set']} | {r['n_fit']}/{r['n_held']} | {r['method']} | "
               f"{raw['accuracy']:.3f} / {cal['accuracy']:.3f} | {_fmt_ci(raw, 'ece')} | "
-              f"{_fmt_ci(cal, 'ece')} | {raw['debiased_ece']:.3f} / {cal['debiased_ece']:.3f} | "
+              f"{_fmt_ci(cal, 'ece')} | {floor:.3f} ({floor95:.3f}) | "
+              f"{raw['debiased_ece']:.3f} / {cal['debiased_ece']:.3f} | "
               f"{raw['smooth_ece']:.3f} / {cal['smooth_ece']:.3f} |")
     print()
     print("| set | AUROC exact raw [95% CI] | AUROC seed [95% CI] | rows (seed failures) | "

@@ -127,3 +127,22 @@ def test_smooth_ece_small_when_calibrated_and_tracks_a_shift() -> None:
     shifted = rng.random(3000) < conf - 0.1
     assert metrics.smooth_calibration_error(conf, calibrated) < 0.03
     assert metrics.smooth_calibration_error(conf, shifted) == pytest.approx(0.1, abs=0.03)
+
+
+def test_ece_noise_floor_is_what_a_calibrated_model_shows() -> None:
+    rng = np.random.default_rng(3)
+    conf = rng.uniform(0.3, 1.0, size=400)
+    mean, p95 = metrics.calibration_error_noise_floor(conf, 10, "quantile")
+    assert 0 < mean < p95
+    assert metrics.calibration_error_noise_floor(conf, 10, "quantile") == (mean, p95)
+    # Outcomes that really follow the confidences: their ECE sits in the floor's range,
+    # and it shrinks about as 1/sqrt(n).
+    draws = [metrics.calibration_error(conf, rng.random(400) < conf, 10, "quantile")
+             for _ in range(200)]
+    assert np.mean(draws) == pytest.approx(mean, rel=0.1)
+    assert np.mean(np.array(draws) > p95) < 0.1
+    big, _ = metrics.calibration_error_noise_floor(np.tile(conf, 16), 10, "quantile")
+    assert big == pytest.approx(mean / 4, rel=0.3)
+    # Certain answers carry no noise; a constant miscalibration is far above the floor.
+    assert metrics.calibration_error_noise_floor(np.ones(50)) == (0.0, 0.0)
+    assert metrics.calibration_error(conf, rng.random(400) < conf - 0.2, 10, "quantile") > p95

@@ -247,6 +247,29 @@ def debiased_calibration_error(
     return float(np.sqrt(max(total, 0.0)))
 
 
+def calibration_error_noise_floor(
+    confidence: ArrayLike,
+    n_bins: int = 10,
+    strategy: Strategy = "quantile",
+    n_draws: int = 500,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """The binned ECE that sampling noise alone gives these confidences: (mean, 95th pct).
+
+    Outcomes are drawn as if every confidence were exactly right (item i correct with
+    probability ``confidence[i]``) and the ECE of each draw is computed with the same bins.
+    A measured ECE near the mean is what a perfectly calibrated model would show on this
+    many items; one above the 95th percentile is miscalibration the noise does not explain.
+    """
+    conf = np.clip(_floats(confidence), 0.0, 1.0)
+    if not len(conf):
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    draws = [calibration_error(conf, rng.random(len(conf)) < conf, n_bins, strategy)
+             for _ in range(n_draws)]
+    return float(np.mean(draws)), float(np.quantile(draws, 0.95))
+
+
 def smooth_calibration_error(
     confidence: ArrayLike, correct: ArrayLike, grid_size: int = 1001
 ) -> float:

@@ -27,6 +27,7 @@ from surelabel.task import Task, Thresholds
 
 ECE_BINS = 15
 HEADLINE = ("accuracy", "macro_f1", "brier", "log_loss", "ece", "ece_equal_mass",
+            "ece_noise_floor",
             "debiased_ece", "smooth_ece", "mce", "auroc", "aurc")
 
 
@@ -119,6 +120,9 @@ def evaluate_probabilities(
     out.update({
         "ece": metrics.calibration_error(conf, ok, n_bins, "uniform"),
         "ece_equal_mass": metrics.calibration_error(conf, ok, n_bins, "quantile"),
+        # What a perfectly calibrated model with these confidences would show.
+        "ece_noise_floor": metrics.calibration_error_noise_floor(
+            conf, n_bins, "quantile", n_draws=200, seed=seed)[0],
         "debiased_ece": metrics.debiased_calibration_error(conf, ok, n_bins, "quantile"),
         "smooth_ece": metrics.smooth_calibration_error(conf, ok),
         "mce": metrics.max_calibration_error(conf, ok, n_bins, "uniform"),
@@ -345,7 +349,9 @@ img {{ max-width: 48%; }}
 <h1>Evaluation: {esc(report['task'])}</h1>
 <p>Task kind <b>{esc(report['kind'])}</b>, labels {esc(', '.join(report['labels']))};
 model <b>{esc(report['model'])}</b>. ECE and MCE use {ECE_BINS} bins (equal width unless
-noted); the debiased ECE is the Kumar et al. (2019) l2 estimator over equal-mass bins,
+noted); ece_noise_floor is the mean equal-mass ECE of outcomes drawn from the
+confidences themselves, i.e. what sampling noise alone gives a perfectly calibrated model
+on this many items; the debiased ECE is the Kumar et al. (2019) l2 estimator over equal-mass bins,
 the smooth ECE that of Blasiok &amp; Nakkiran (2023).
 Brackets are 95% bootstrap intervals. For multilabel tasks accuracy is the exact match of
 all labels, and the calibration figures are over every (item, label) yes/no answer.</p>
