@@ -154,8 +154,9 @@ class DirichletCalibration(BaseCalibrator):
     log-probabilities, with their ODIR penalty: an L2 penalty on the off-diagonal weights
     and the biases (and only a tiny one, towards 1, on the diagonal). Each label's
     calibrated score may depend on the others' (a model that confuses two labels has its
-    confusion undone), so it can change the predicted label. For two labels it is beta calibration (Kull et al. 2017). The
-    log loss is convex, so Newton's method finds the optimum.
+    confusion undone), so it can change the predicted label. For two labels it is beta
+    calibration (Kull et al. 2017). The log loss is convex, so Newton's method finds the
+    optimum.
 
     Parameters
     ----------
