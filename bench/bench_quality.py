@@ -314,9 +314,18 @@ def evaluate_set(name: str, args: argparse.Namespace, model: str) -> dict[str, A
             sp = np.array([p[1]["probabilities"] for p in paired])
         ce, oke = calibration_view(task, probs_of(xe), ye)
         cs, oks = calibration_view(task, sp, ye)
+        from surelabel import metrics
+
+        def auroc_gap(c1: Any, o1: Any, c2: Any, o2: Any) -> float:
+            return metrics.confidence_auroc_score(c1, o1) - metrics.confidence_auroc_score(c2, o2)
+
+        # Paired: both methods on the same resampled rows.
+        lo, hi = metrics.bootstrap_ci(auroc_gap, ce, oke, cs, oks, n_resamples=args.bootstrap)
         out["seed_vs_exact"] = {"n": len(paired), "seed_errors": n_seed_errors,
                                 "exact": measure(ce, oke, args.bootstrap),
-                                "seed": measure(cs, oks, args.bootstrap)}
+                                "seed": measure(cs, oks, args.bootstrap),
+                                "auroc_gap": round(auroc_gap(ce, oke, cs, oks), 4),
+                                "auroc_gap_ci95": [round(lo, 4), round(hi, 4)]}
     return out
 
 
@@ -345,16 +354,17 @@ def evaluate_sets(names: list[str], args: argparse.Namespace) -> int:
               f"{raw['debiased_ece']:.3f} / {cal['debiased_ece']:.3f} | "
               f"{raw['smooth_ece']:.3f} / {cal['smooth_ece']:.3f} |")
     print()
-    print("| set | AUROC exact raw [95% CI] | AUROC seed [95% CI] | rows (seed failures) | "
-          "AUROC calibrated (held) |")
-    print("|---|---|---|---|---|")
+    print("| set | AUROC exact raw [95% CI] | AUROC seed [95% CI] | exact - seed [95% paired CI] "
+          "| rows (seed failures) | AUROC calibrated (held) |")
+    print("|---|---|---|---|---|---|")
     for r in results:
         sv = r.get("seed_vs_exact")
         if sv is None:
-            print(f"| {r['set']} | {_fmt_ci(r['raw'], 'auroc')} (held) | not run | - | "
+            print(f"| {r['set']} | {_fmt_ci(r['raw'], 'auroc')} (held) | not run | - | - | "
                   f"{_fmt_ci(r['calibrated'], 'auroc')} |")
             continue
         print(f"| {r['set']} | {_fmt_ci(sv['exact'], 'auroc')} | {_fmt_ci(sv['seed'], 'auroc')} | "
+              f"{_fmt_ci(sv, 'auroc_gap')} | "
               f"{sv['n']} ({sv['seed_errors']}) | {_fmt_ci(r['calibrated'], 'auroc')} |")
     print()
     print(f"| set | target error (delta {args.delta}) | accept threshold | accepted fit / held | "
