@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from support import free_port
 from surelabel.backends.openai import OpenAIBackend
 from surelabel.cache import ResponseCache
 from surelabel.classifier import Classifier
@@ -41,18 +42,12 @@ DATA = REPO.parent / "shared" / "data"
 pytestmark = pytest.mark.model
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``python -m llama_cpp.server`` with the bundled model, on a free loopback port."""
     from surelabel.backends.llamacpp import default_model_path
 
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import re
 import threading
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -443,18 +442,9 @@ def test_real_model_through_the_api(backend: Any, store: Store) -> None:
 
 def test_api_on_postgresql(task: Task, fake: FakeBackend) -> None:
     """The same service on a real PostgreSQL: idempotent inserts, queue order, one answer."""
-    from sqlalchemy import create_engine, text
+    from support import pg_schema_url
 
-    from test_store import pg_url
-
-    base = pg_url()
-    schema = f"srv_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    sep = "&" if "?" in base else "?"
-    store = Store(f"{base}{sep}options=-csearch_path%3D{schema}")
-    try:
+    with pg_schema_url("srv") as db, Store(db) as store:
         h = {"Authorization": f"Bearer {store.create_token('t', ['classify', 'read', 'review'])}"}
         with make_client(task, fake, store) as client:
             for text_ in ["rhubarb", "tomato", "mystery", "apple"]:
@@ -467,11 +457,6 @@ def test_api_on_postgresql(task: Task, fake: FakeBackend) -> None:
             url = f"/v1/items/{again['item_id']}/review"
             assert client.post(url, json={"label": "vegetable"}, headers=h).status_code == 200
             assert client.post(url, json={"label": "fruit"}, headers=h).status_code == 409
-    finally:
-        store.close()
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
 
 
 def test_accepted_items_can_be_spot_checked(

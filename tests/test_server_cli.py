@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from support import free_port
 from surelabel.cli import main
 from surelabel.store import Store
 
@@ -60,12 +60,6 @@ def test_users_tokens_export(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
     assert main(["tokens", "revoke", "ingest-bot", "--db", db]) == 0
     assert main(["tokens", "revoke", "ingest-bot", "--db", db]) == 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.model

@@ -7,16 +7,15 @@ Locally the PostgreSQL cases skip when the URL is unset; in CI (``CI=true``)
 from __future__ import annotations
 
 import json
-import os
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import inspect, text
 
+from support import pg_schema_url
 from surelabel.store import ConflictError, NotFoundError, Store
 from surelabel.store.schema import metadata
 
@@ -29,33 +28,14 @@ class Clock:
         return self.t
 
 
-def pg_url() -> str:
-    url = os.environ.get("SURELABEL_TEST_PG_URL")
-    if not url:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("SURELABEL_TEST_PG_URL is not set in CI (scripts/ci-services.sh sets it)")
-        pytest.skip("SURELABEL_TEST_PG_URL not set (run: source scripts/ci-services.sh)")
-    return url
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty database: a SQLite file, or a throw-away PostgreSQL schema."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'store.db'}"
         return
-    base = pg_url()
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    sep = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    with pg_schema_url("t") as url:
+        yield url
 
 
 @pytest.fixture
