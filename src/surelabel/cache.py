@@ -61,9 +61,6 @@ class ResponseCache:
         self.path = Path(path) if path is not None else default_cache_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self.hits = 0
-        self.misses = 0
-        self._count_lock = threading.Lock()
         self._connect().execute(_SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
@@ -79,11 +76,6 @@ class ResponseCache:
         row = self._connect().execute(
             "SELECT response FROM responses WHERE key = ?", (key,)
         ).fetchone()
-        with self._count_lock:
-            if row is None:
-                self.misses += 1
-            else:
-                self.hits += 1
         if row is None:
             return None
         value: dict[str, Any] = json.loads(row[0])

@@ -306,7 +306,7 @@ def resolve(name: str, capabilities: Capabilities) -> str:
     """Pick the method for ``auto``, or check that the named one fits the backend."""
     if name == "auto":
         for candidate in ("exact", "topk", "sampling"):
-            if candidate in METHODS and REQUIRES[candidate](capabilities):
+            if REQUIRES[candidate](capabilities):
                 return candidate
         raise UnsupportedMethodError("no confidence method fits this backend")
     if name not in METHODS:

@@ -113,9 +113,10 @@ class LLMClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         backend = self._backend()
         name = methods.resolve(self.method, backend.capabilities)
         cache = self._cache()
+        fingerprint = task.fingerprint()
         rows = []
         for text in texts:
-            key = (task.fingerprint(), name, text)
+            key = (fingerprint, name, text)
             if key not in cache:
                 result = methods.METHODS[name](backend, task, text, False)
                 assert result.distribution is not None

@@ -267,7 +267,6 @@ class OpenAIBackend:
         self._stats_lock = threading.Lock()
         # Counters: HTTP attempts sent, retries among them, answers served from the cache.
         self.stats = {"requests": 0, "retries": 0, "cache_hits": 0}
-        self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
 
     # -- public interface -------------------------------------------------------------
 
@@ -511,9 +510,6 @@ class OpenAIBackend:
                 else:
                     used = int((data.get("usage") or {}).get("total_tokens") or 0)
                     self._limiter.settle(event, used)
-                    with self._stats_lock:
-                        for name in self.usage:
-                            self.usage[name] += int((data.get("usage") or {}).get(name) or 0)
                     if self.cache is not None:
                         self.cache.put(key, self.endpoint, model, data)
                     return data, False

@@ -8,10 +8,12 @@ import datetime as dt
 import json
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from surelabel.cli.serve import add_db_arg
-from surelabel.store import Item
+
+if TYPE_CHECKING:
+    from surelabel.store import Item
 
 
 def register(sub: Any) -> None:

@@ -18,7 +18,8 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from surelabel.classifier import Classifier
-from surelabel.store import ConflictError, Item, NotFoundError, Session, Store
+from surelabel.server.app import check_answer
+from surelabel.store import ConflictError, Item, Session, Store
 from surelabel.store.repository import Order
 
 SESSION_COOKIE = "surelabel_session"
@@ -166,10 +167,7 @@ def add_web_routes(app: FastAPI) -> None:
     @app.get("/review/items/{item_id}", include_in_schema=False)
     def item_page(request: Request, item_id: int, order: str = "confidence") -> Response:
         session = need_session(request)
-        try:
-            item = store.get_item(item_id)
-        except NotFoundError:
-            raise HTTPException(404, f"no item {item_id}") from None
+        item = store.get_item(item_id)  # NotFoundError: 404 (the app's error handler)
         classifier = classifier_for(item.task)
         # Open items are leased to whoever opens them; accepted ones can be spot-checked.
         held = item.status == "auto" or (item.status == "open" and store.claim(
@@ -195,27 +193,22 @@ def add_web_routes(app: FastAPI) -> None:
     ) -> Response:
         session = need_session(request)
         check_csrf(session, csrf)
-        try:
-            item = store.get_item(item_id)
-        except NotFoundError:
-            raise HTTPException(404, f"no item {item_id}") from None
+        item = store.get_item(item_id)  # NotFoundError: 404 (the app's error handler)
         classifier = classifier_for(item.task)
-        names = classifier.task.label_names
         label: Any = None
         clarify = False
         if choice == "accept":
             label = item.predicted
         elif choice == "clarify":
             clarify = True
-        elif choice.startswith("label:") and choice[6:] in names:
+        elif choice.startswith("label:"):
             label = choice[6:]
-        elif choice == "labels" and classifier.task.kind == "multilabel":
-            given = labels or []
-            if any(x not in names for x in given):
-                raise HTTPException(422, "unknown label")
-            label = [x for x in names if x in given]
+        elif choice == "labels":
+            label = labels or []
         else:
             raise HTTPException(422, f"unknown choice {choice!r}")
+        # The same checks as the API's review endpoint.
+        label = check_answer(classifiers, item, label, clarify)
         try:
             store.answer(item_id, session.user.name, label=label, clarify=clarify,
                          note=note.strip() or None)

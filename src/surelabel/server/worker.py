@@ -35,10 +35,6 @@ class WorkerPool:
         self._pending = 0
         self._threads: list[threading.Thread] = []
 
-    @property
-    def pending(self) -> int:
-        return self._pending
-
     def start(self) -> None:
         with self._lock:
             if self._threads:

@@ -14,10 +14,11 @@ Every query is built with SQLAlchemy Core (parameterized); the same code runs on
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -70,6 +71,11 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def predicted_label(record: Mapping[str, Any]) -> Any:
+    """A record's answer: its label, or the list of labels of a multilabel task."""
+    return record["labels"] if "labels" in record else record.get("label")
+
+
 @dataclass(frozen=True)
 class Item:
     """One stored item: the classifier's record plus queue and review state."""
@@ -95,9 +101,7 @@ class Item:
     @property
     def predicted(self) -> Any:
         """The model's answer: a label, or the list of labels of a multilabel task."""
-        if "labels" in self.record:
-            return self.record["labels"]
-        return self.record.get("label")
+        return predicted_label(self.record)
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.record)
@@ -228,7 +232,7 @@ class Store:
             status = "auto"
         else:
             status = "open"
-        predicted = record["labels"] if "labels" in record else record.get("label")
+        predicted = predicted_label(record)
         values = {
             "task": task,
             "client_id": client_id,
@@ -330,14 +334,6 @@ class Store:
                 .values(claimed_by=user, claim_expires=now + lease)
             )
         return result.rowcount == 1
-
-    def release(self, item_id: int, user: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(items)
-                .where(items.c.id == item_id, items.c.claimed_by == user)
-                .values(claimed_by=None, claim_expires=None)
-            )
 
     def claim_next(
         self, task: str, user: str, *, order: Order = "confidence", lease: float = 300.0
@@ -454,12 +450,6 @@ class Store:
         for row in rows:
             yield _item(row)
 
-    def tasks(self) -> list[str]:
-        with self.engine.connect() as conn:
-            return list(
-                conn.execute(select(items.c.task).distinct().order_by(items.c.task)).scalars()
-            )
-
     def stats(self, task: str, *, edges: Sequence[float] = AGREEMENT_EDGES) -> dict[str, Any]:
         """Items per band, review throughput, and model-reviewer agreement.
 
@@ -564,7 +554,7 @@ class Store:
             row = conn.execute(select(users).where(users.c.name == name)).first()
         if row is None:
             # Spend the same time as a real check, so timing does not reveal user names.
-            security.verify_password(password, _DUMMY_HASH)
+            security.verify_password(password, _dummy_hash())
             return None
         if not security.verify_password(password, row.password_hash):
             return None
@@ -573,7 +563,7 @@ class Store:
     def create_session(self, user: User, *, ttl: float = 12 * 3600) -> tuple[str, Session]:
         """A new web session; returns the cookie value (shown once) and the session."""
         cookie = security.new_token("")
-        csrf = security.new_token("")[:43]
+        csrf = security.new_token("")
         now = self.clock()
         with self.engine.begin() as conn:
             conn.execute(sessions.delete().where(sessions.c.expires_at <= now))
@@ -656,7 +646,10 @@ class Store:
         ]
 
 
-_DUMMY_HASH = security.hash_password("not a password")
+@functools.cache
+def _dummy_hash() -> str:
+    """A real hash to check unknown user names against (made on first use: scrypt is slow)."""
+    return security.hash_password("not a password")
 
 
 def _order_by(order: str) -> tuple[Any, ...]:
