@@ -504,6 +504,25 @@ def test_multilabel_item_review(fake: FakeBackend, store: Store) -> None:
         ok = client.post(f"/v1/items/{other['item_id']}/review",
                          json={"label": ["money"]}, headers=h)
         assert ok.status_code == 200 and ok.json()["review"]["label"] == ["money"]
+        # The web form checks answers as the API does: a single-label choice on a
+        # multilabel task is stored as a list of labels, as the API would store it.
+        third = client.post("/v1/tasks/topics/classify", json={"text": "train to Paris"},
+                            headers=h).json()
+        client.get(f"/review/items/{third['item_id']}")
+        r = client.post(f"/review/items/{third['item_id']}",
+                        data={"csrf": csrf, "choice": "label:travel"})
+        assert r.status_code == 200
+        assert store.get_item(third["item_id"]).review_label == ["travel"]
+
+
+def test_web_accept_of_an_unclassified_item_is_refused(
+    client: TestClient, store: Store
+) -> None:
+    err, _ = store.add_item("fruit_veg_herb", {"id": None, "text": "x", "error": "boom"})
+    csrf = login(client, store)
+    r = client.post(f"/review/items/{err.id}", data={"csrf": csrf, "choice": "accept"})
+    assert r.status_code == 422 and "needs a label" in r.text
+    assert store.get_item(err.id).review_action is None
 
 
 def test_item_page_shows_bars_reason_and_label_set(client: TestClient, store: Store) -> None:
