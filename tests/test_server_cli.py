@@ -16,6 +16,7 @@ import pytest
 
 from support import free_port
 from surelabel.cli import main
+from surelabel.errors import CalibrationError
 from surelabel.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,3 +156,7 @@ def test_reviewed_labels_flow_into_calibration(backend: Any, tmp_path: Path) -> 
         assert rec["calibration"] == version
         assert store.get_item(rec["item_id"]).calibration == version
         assert set(rec["label_set"]) <= set(task.label_names) and rec["label_set"]
+        # A calibration fitted on exact distributions is refused for another method.
+        with pytest.raises(CalibrationError, match="fitted on 'exact' distributions"):
+            create_app(task, backend, store,
+                       settings=Settings(method="seed", calibrations=calibrations))

@@ -203,6 +203,10 @@ def create_app(
             task, backend, method=settings.method, reason=settings.reason,
             thresholds=thresholds, calibrator=calibrator,
         )
+        # As `surelabel classify --calibration`: refuse a file fitted on another method.
+        if calibrator is not None and hasattr(calibrator, "check_method"):
+            calibrator.check_method(classifiers[task.name].method,
+                                    source=f"the calibration of task {task.name!r}")
     pool = WorkerPool(workers=settings.workers, max_pending=settings.max_pending)
 
     @asynccontextmanager
