@@ -211,8 +211,9 @@ class FaultProxy:
         else:
             # llama_cpp.server keeps the last prompt it answered in its KV cache and
             # answers the identical prompt sent again (a retry after a client timeout, or
-            # a row resent after a kill) from a one-token replay, whose logprobs differ:
-            # measured up to 2.3 nats apart. That is the server's nondeterminism, not the
+            # a row resent after a kill) from a one-token replay, whose logprobs differ
+            # (`python bench/numerics.py --part repeat`: 2 of 5 prompts got another answer
+            # at temperature 0). That is the server's nondeterminism, not the
             # client's, so such a repeat here first replaces the cached prompt with an
             # unrelated one. (Other prompts reuse the shared prefix with identical results.)
             try:
@@ -291,8 +292,8 @@ def _compare(task_file: str, texts: list[str], server_url: str, local: Any) -> l
 
 def test_topk_agrees_with_exact_on_boolean_labels(server_url: str, backend: Any) -> None:
     # ` true`/` false` are single tokens after the same prefix: top-k sees the whole labels.
-    # What remains is numeric: the server evaluates the same tokens in other batch shapes
-    # (about 0.06 nats apart on SmolLM2 Q4_1), and top-k also counts `true` without a space.
+    # What remains is numeric (the server's own evaluation of the prompt; not broken down
+    # further), and top-k also counts `true` without a space.
     gaps = _compare("pineapple.yaml", PIZZA[:3], server_url, backend)
     assert max(gaps) < 0.05, gaps
 

@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import secrets
 
-_N, _R, _P = 2**14, 8, 1  # scrypt cost: ~16 MiB and ~50 ms per check
+_N, _R, _P = 2**14, 8, 1  # scrypt cost: 16 MiB; 27 ms per check here (timeit, busy 2 cores)
 
 
 def hash_password(password: str) -> str:
