@@ -22,6 +22,13 @@ from surelabel.store import Store
 REPO = Path(__file__).resolve().parents[1]
 
 
+def test_cli_copies_of_scopes_and_roles_match_the_store() -> None:
+    from surelabel import store
+    from surelabel.cli import tokens, users
+
+    assert tokens.SCOPES == store.SCOPES and users.ROLES == store.ROLES
+
+
 def test_users_tokens_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = f"sqlite:///{tmp_path / 'cli.db'}"
     assert main(["users", "add", "alice", "--role", "reviewer", "--db", db]) == 0

@@ -27,7 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from surelabel import prompt
-from surelabel.backends.base import Backend, Capabilities, Generation
+from surelabel.backends.base import (
+    SAMPLES,
+    SAMPLING_TEMPERATURE,
+    Backend,
+    Capabilities,
+    Generation,
+)
 from surelabel.distribution import LabelDistribution
 from surelabel.errors import MissingLogprobsError, OffSchemaError, UnsupportedMethodError
 from surelabel.extract import locate_value, map_to_tokens
@@ -215,10 +221,6 @@ def topk(backend: Backend, task: Task, text: str, want_reason: bool) -> MethodRe
         info["upper_bound_labels"] = list(r.bounded)
     return MethodResult(distribution=r.distribution, reason=_reason(gen.text, want_reason),
                         warnings=tuple(warnings), info=info)
-
-
-SAMPLES = 5
-SAMPLING_TEMPERATURE = 0.7
 
 
 def sampling(backend: Backend, task: Task, text: str, want_reason: bool) -> MethodResult:

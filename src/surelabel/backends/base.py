@@ -21,6 +21,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from surelabel.prompt import Message
 
+#: Self-consistency defaults (``--method sampling``): answers per item and their temperature.
+SAMPLES = 5
+SAMPLING_TEMPERATURE = 0.7
+
 
 @dataclass(frozen=True)
 class Capabilities:

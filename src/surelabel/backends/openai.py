@@ -35,7 +35,14 @@ from collections import deque
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
-from surelabel.backends.base import Capabilities, Generation, TokenLogprob
+from surelabel.backends.base import (
+    SAMPLES,
+    SAMPLING_TEMPERATURE,
+    Capabilities,
+    Generation,
+    ScoreResult,
+    TokenLogprob,
+)
 from surelabel.cache import ResponseCache, request_key
 from surelabel.errors import BackendError, UnsupportedMethodError, UserError
 from surelabel.prompt import Message
@@ -204,8 +211,8 @@ class OpenAIBackend:
         cache: ResponseCache | None = None,
         response_format: str = "json_schema",
         backoff: float = 0.5,
-        samples: int = 5,
-        sampling_temperature: float = 0.7,
+        samples: int = SAMPLES,
+        sampling_temperature: float = SAMPLING_TEMPERATURE,
     ) -> None:
         try:
             import openai
@@ -298,7 +305,7 @@ class OpenAIBackend:
         continuations: Sequence[str],
         *,
         closer: str = "",
-    ) -> Any:
+    ) -> ScoreResult:
         raise UnsupportedMethodError(
             "an OpenAI-compatible API cannot score given answers; use --method topk or sampling"
         )
@@ -359,7 +366,7 @@ class OpenAIBackend:
         messages: Sequence[Message],
         *,
         n: int,
-        temperature: float = 0.7,
+        temperature: float = SAMPLING_TEMPERATURE,
         schema: dict[str, Any] | None = None,
         max_tokens: int = 64,
     ) -> list[Generation]:

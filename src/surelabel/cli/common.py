@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from surelabel.backends import BACKENDS, Backend, make_backend
+from surelabel.backends.base import SAMPLES, SAMPLING_TEMPERATURE
 from surelabel.errors import UserError
 from surelabel.task import Task, Thresholds, load_task
 
@@ -42,10 +43,11 @@ def add_backend_args(parser: argparse.ArgumentParser) -> None:
                           "0: the server gives no logprobs, use sampling)")
     api.add_argument("--timeout", type=float, default=60.0, metavar="S",
                      help="seconds before a request is abandoned and retried (default: 60)")
-    api.add_argument("--samples", type=int, default=5, metavar="N",
-                     help="answers drawn per item by --method sampling (default: 5)")
-    api.add_argument("--sampling-temperature", type=float, default=0.7, metavar="T",
-                     help="temperature of --method sampling (default: 0.7)")
+    api.add_argument("--samples", type=int, default=SAMPLES, metavar="N",
+                     help=f"answers drawn per item by --method sampling (default: {SAMPLES})")
+    api.add_argument("--sampling-temperature", type=float, default=SAMPLING_TEMPERATURE,
+                     metavar="T", help="temperature of --method sampling "
+                                       f"(default: {SAMPLING_TEMPERATURE})")
     api.add_argument("--no-cache", action="store_true",
                      help="do not read or write the response cache ($SURELABEL_CACHE_DIR)")
 
@@ -100,3 +102,15 @@ def _openai_options(args: argparse.Namespace) -> dict[str, Any]:
         "sampling_temperature": args.sampling_temperature,
         "cache": None if args.no_cache else ResponseCache(),
     }
+
+
+DEFAULT_DB = "sqlite:///surelabel.db"
+
+
+def add_db_arg(parser: argparse.ArgumentParser) -> None:
+    """``--db``: the review store (serve, users, tokens, export)."""
+    parser.add_argument(
+        "--db", default=os.environ.get("SURELABEL_DB", DEFAULT_DB), metavar="URL",
+        help="database URL: sqlite:///FILE or postgresql://USER:PW@HOST/DB "
+             f"(default: $SURELABEL_DB, else {DEFAULT_DB})",
+    )

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from surelabel.cli.serve import add_db_arg
+from surelabel.cli.common import add_db_arg
 
 if TYPE_CHECKING:
     from surelabel.store import Item

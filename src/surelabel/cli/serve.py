@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from surelabel.cli.common import add_backend_args, backend_from
+from surelabel.cli.common import add_backend_args, add_db_arg, backend_from
 from surelabel.errors import UserError
 from surelabel.task import load_task
-
-DEFAULT_DB = "sqlite:///surelabel.db"
-
-
-def add_db_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--db", default=os.environ.get("SURELABEL_DB", DEFAULT_DB), metavar="URL",
-        help="database URL: sqlite:///FILE or postgresql://USER:PW@HOST/DB "
-             f"(default: $SURELABEL_DB, else {DEFAULT_DB})",
-    )
 
 
 def register(sub: Any) -> None:

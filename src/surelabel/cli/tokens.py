@@ -6,8 +6,10 @@ import argparse
 import datetime as dt
 from typing import Any
 
-from surelabel.cli.serve import add_db_arg
+from surelabel.cli.common import add_db_arg
 
+# A copy of surelabel.store.SCOPES, so that building the parser does not import the store
+# (tests/test_server_cli.py checks they agree).
 SCOPES = ("classify", "read", "review")
 
 

@@ -6,7 +6,11 @@ import argparse
 import datetime as dt
 from typing import Any
 
-from surelabel.cli.serve import add_db_arg
+from surelabel.cli.common import add_db_arg
+
+# A copy of surelabel.store.ROLES, so that building the parser does not import the store
+# (tests/test_server_cli.py checks they agree).
+ROLES = ("reviewer", "admin")
 
 
 def register(sub: Any) -> None:
@@ -15,7 +19,7 @@ def register(sub: Any) -> None:
     cmds = p.add_subparsers(dest="users_command", required=True)
     add = cmds.add_parser("add", help="add a user and print a one-time password")
     add.add_argument("name")
-    add.add_argument("--role", choices=("reviewer", "admin"), default="reviewer")
+    add.add_argument("--role", choices=ROLES, default="reviewer")
     add_db_arg(add)
     add.set_defaults(func=run_add)
     pw = cmds.add_parser("reset-password", help="give a user a new one-time password")
