@@ -68,8 +68,11 @@ def test_migrations_match_schema_and_are_idempotent(store: Store, db_url: str) -
     again.close()
     insp = inspect(store.engine)
     for table in metadata.sorted_tables:
-        got = {c["name"] for c in insp.get_columns(table.name)}
-        assert got == {c.name for c in table.columns}, table.name
+        got = {c["name"]: c["nullable"] for c in insp.get_columns(table.name)}
+        assert got == {c.name: c.nullable for c in table.columns}, table.name
+        indexes = {(i["name"], tuple(i["column_names"])) for i in insp.get_indexes(table.name)}
+        wanted = {(i.name, tuple(c.name for c in i.columns)) for i in table.indexes}
+        assert wanted <= indexes, table.name
 
 
 def test_sqlite_file_uses_wal(tmp_path: Path) -> None:
