@@ -17,7 +17,7 @@ WHEEL_DIR="${SURELABEL_WHEEL_DIR:-$HOME/.cache/surelabel/wheels}/llama-$key"
 if ls "$WHEEL_DIR"/llama_cpp_python-"$VERSION"-*.whl >/dev/null 2>&1; then
   echo "build-llama: reusing portable wheel in $WHEEL_DIR" >&2
 else
-  echo "build-llama: compiling llama-cpp-python $VERSION (portable: $CMAKE_FLAGS); this takes ~8 minutes" >&2
+  echo "build-llama: compiling llama-cpp-python $VERSION (portable: $CMAKE_FLAGS); this takes about 5 minutes on 2 cores" >&2
   mkdir -p "$WHEEL_DIR"
   tmp=$(mktemp -d)
   CMAKE_ARGS="$CMAKE_FLAGS" "$PY" -m pip wheel --no-cache-dir --no-deps \
