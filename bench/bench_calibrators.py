@@ -18,7 +18,7 @@ import numpy as np
 def main(argv: list[str] | None = None) -> int:
     from surelabel.calibration import CALIBRATORS
     from surelabel.calibration.base import softmax
-    from surelabel.calibration.methods import BINARY_ONLY, WRAPPERS
+    from surelabel.calibration.registry import BINARY_ONLY, WRAPPERS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1000)

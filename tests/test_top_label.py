@@ -17,7 +17,7 @@ from surelabel.calibration import (
 )
 from surelabel.calibration.base import softmax
 from surelabel.calibration.fit import candidates
-from surelabel.calibration.methods import calibrator_from_dict
+from surelabel.calibration.registry import calibrator_from_dict
 from surelabel.distribution import LabelDistribution
 from surelabel.errors import CalibrationError, NotFittedError
 from surelabel.task import Task, load_task

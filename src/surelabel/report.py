@@ -8,14 +8,14 @@ import matplotlib only when called, so computing a report needs numpy only.
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import io
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -24,6 +24,9 @@ from surelabel import metrics
 from surelabel.calibration.fit import calibration_view, top_label_view
 from surelabel.policy import decide
 from surelabel.task import Task, Thresholds
+
+if TYPE_CHECKING:
+    import jinja2
 
 ECE_BINS = 15
 HEADLINE = ("accuracy", "macro_f1", "brier", "log_loss", "ece", "ece_equal_mass",
@@ -297,76 +300,67 @@ def _png(display: ReliabilityDisplay | RiskCoverageDisplay) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+@functools.cache
+def _report_template() -> jinja2.Template:
+    """The HTML page's template (``templates/report.html``), loaded on first use."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("surelabel", "templates"),
+        autoescape=True,  # method names, labels and notes come from the user's files
+        keep_trailing_newline=True,
+    )
+    return env.get_template("report.html")
+
+
 def to_html(report: Mapping[str, Any]) -> str:
     """A self-contained HTML page (plots embedded as PNG data URIs)."""
     methods = report["methods"]
     names = list(methods)
-    esc = html.escape
-    rows = []
+    metric_rows = []
     for key in ("n", *HEADLINE):
         cells = []
         for n in names:
             value = methods[n].get(key)
-            text = str(value) if key == "n" else _fmt(value)
             ci = methods[n].get("ci95", {}).get(key)
-            if ci is not None:
-                text += f" <small>[{_fmt(ci[0])}, {_fmt(ci[1])}]</small>"
-            cells.append(f"<td>{text}</td>")
-        rows.append(f"<tr><th>{esc(key)}</th>{''.join(cells)}</tr>")
-    band_rows = []
-    for n in names:
-        for b in methods[n]["bands"]:
-            band_rows.append(
-                f"<tr><td>{esc(n)}</td><td>{b['decision']}</td><td>{b['share']:.1%}</td>"
-                f"<td>{b['count']}</td><td>{_fmt(b['accuracy'])}</td></tr>"
-            )
-    reliability = _png(ReliabilityDisplay({n: methods[n]["reliability"] for n in names}))
-    risk = _png(RiskCoverageDisplay({n: methods[n]["risk_coverage"] for n in names}))
-    per_class = ""
+            cells.append({
+                "value": str(value) if key == "n" else _fmt(value),
+                "interval": None if ci is None else (_fmt(ci[0]), _fmt(ci[1])),
+            })
+        metric_rows.append({"metric": key, "cells": cells})
+    band_rows = [
+        {"method": n, "decision": b["decision"], "share": f"{b['share']:.1%}",
+         "count": b["count"], "accuracy": _fmt(b["accuracy"])}
+        for n in names for b in methods[n]["bands"]
+    ]
     first = methods[names[0]]
-    detail = first.get("per_class") or first.get("per_label") or {}
-    if detail:
-        head = "".join(f"<th>{esc(k)}</th>" for k in next(iter(detail.values())))
-        body = "".join(
-            f"<tr><th>{esc(str(label))}</th>"
-            + "".join(f"<td>{_fmt(v) if isinstance(v, float) else v}</td>" for v in d.values())
-            + "</tr>"
-            for label, d in detail.items()
-        )
-        per_class = (f"<h2>Per {'label' if 'per_label' in first else 'class'} "
-                     f"({esc(names[0])})</h2><table><tr><th></th>{head}</tr>{body}</table>")
-    notes = "".join(f"<li>{esc(n)}</li>" for n in report.get("notes", []))
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<title>surelabel evaluation: {esc(report['task'])}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1100px; }}
-table {{ border-collapse: collapse; margin: 1em 0; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
-th {{ background: #f4f4f4; }}
-img {{ max-width: 48%; }}
-</style></head><body>
-<h1>Evaluation: {esc(report['task'])}</h1>
-<p>Task kind <b>{esc(report['kind'])}</b>, labels {esc(', '.join(report['labels']))};
-model <b>{esc(report['model'])}</b>. ECE and MCE use {ECE_BINS} bins (equal width unless
-noted); ece_noise_floor is the mean equal-mass ECE of outcomes drawn from the
-confidences themselves, i.e. what sampling noise alone gives a perfectly calibrated model
-on this many items; the debiased ECE is the Kumar et al. (2019) l2 estimator over equal-mass bins,
-the smooth ECE that of Blasiok &amp; Nakkiran (2023).
-Brackets are 95% bootstrap intervals. For multilabel tasks accuracy is the exact match of
-all labels, and the calibration figures are over every (item, label) yes/no answer.</p>
-<table><tr><th>metric</th>{''.join(f'<th>{esc(n)}</th>' for n in names)}</tr>
-{''.join(rows)}</table>
-<h2>Decision bands</h2>
-<table><tr><th>method</th><th>decision</th><th>share</th><th>items</th><th>accuracy</th></tr>
-{''.join(band_rows)}</table>
-<h2>Plots</h2>
-<img alt="reliability diagram" src="data:image/png;base64,{reliability}">
-<img alt="risk-coverage plot" src="data:image/png;base64,{risk}">
-{per_class}
-<ul>{notes}</ul>
-</body></html>
-"""
+    per = first.get("per_class") or first.get("per_label") or {}
+    detail = None
+    if per:
+        detail = {
+            "kind": "label" if "per_label" in first else "class",
+            "method": names[0],
+            "columns": list(next(iter(per.values()))),
+            "rows": [
+                {"label": str(label),
+                 "cells": [_fmt(v) if isinstance(v, float) else v for v in d.values()]}
+                for label, d in per.items()
+            ],
+        }
+    return _report_template().render(
+        task=report["task"],
+        kind=report["kind"],
+        labels=report["labels"],
+        model=report["model"],
+        ece_bins=ECE_BINS,
+        methods=names,
+        metric_rows=metric_rows,
+        band_rows=band_rows,
+        reliability_png=_png(ReliabilityDisplay({n: methods[n]["reliability"] for n in names})),
+        risk_png=_png(RiskCoverageDisplay({n: methods[n]["risk_coverage"] for n in names})),
+        detail=detail,
+        notes=report.get("notes", []),
+    )
 
 
 def write_html(report: Mapping[str, Any], path: str | Path) -> None:

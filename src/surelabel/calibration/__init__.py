@@ -7,7 +7,14 @@ calibrator with its routing settings and is saved as a versioned JSON file tied 
 task, model and prompt.
 """
 
+# The registry first: it imports the calibrator families in the order ``auto`` tries them.
+from surelabel.calibration.registry import CALIBRATORS, make_calibrator
+
+# isort: split
 from surelabel.calibration.base import BaseCalibrator
+from surelabel.calibration.binary import IsotonicCalibration, PlattScaling
+from surelabel.calibration.contextual import CONTENT_FREE, ContextualCalibration
+from surelabel.calibration.dirichlet import DirichletCalibration
 from surelabel.calibration.file import Calibration, load, prompt_hash
 from surelabel.calibration.fit import (
     calibration_view,
@@ -15,19 +22,9 @@ from surelabel.calibration.fit import (
     label_indices,
     top_label_view,
 )
-from surelabel.calibration.methods import (
-    CALIBRATORS,
-    CONTENT_FREE,
-    BiasTemperatureScaling,
-    ContextualCalibration,
-    DirichletCalibration,
-    IsotonicCalibration,
-    PerLabelCalibrator,
-    PlattScaling,
-    TemperatureScaling,
-    TopLabelCalibration,
-    make_calibrator,
-)
+from surelabel.calibration.per_label import PerLabelCalibrator
+from surelabel.calibration.temperature import BiasTemperatureScaling, TemperatureScaling
+from surelabel.calibration.top_label import TopLabelCalibration
 
 __all__ = [
     "CALIBRATORS",

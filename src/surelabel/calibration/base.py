@@ -1,4 +1,5 @@
-"""What every calibrator shares: the estimator contract and the ``calibrate`` hook.
+"""What every calibrator shares: the estimator contract, the ``calibrate`` hook, and
+registration by method name.
 
 A calibrator maps the raw label log-probabilities of an item to calibrated probabilities.
 Input to ``fit`` and ``predict_proba`` is an (n, k) array of label log-probabilities (need
@@ -13,29 +14,27 @@ Estimator contract (scikit-learn): ``__init__`` stores its arguments only, ``fit
 
 from __future__ import annotations
 
-import math
+import inspect
 from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from surelabel._numeric import FloatArray as FloatArray
+from surelabel._numeric import log_softmax as log_softmax
+from surelabel._numeric import safe_log
+from surelabel._numeric import softmax as softmax
 from surelabel.distribution import LabelDistribution
 from surelabel.errors import CalibrationError, NotFittedError
 
-FloatArray = NDArray[np.float64]
-# Floor for probabilities turned back into log-probabilities (a label with probability 0).
-_LOG_FLOOR = -1e3
+#: Measured log-probabilities are raised to at least this before use: a guard against
+#: -inf (a label the model gives no probability at all), not a probability floor.
+LOGPROB_GUARD = -1e3
 
-
-def log_softmax(x: FloatArray) -> FloatArray:
-    """Row-wise log-softmax of an (n, k) array."""
-    m = np.max(x, axis=1, keepdims=True)
-    z = x - m
-    return np.asarray(z - np.log(np.sum(np.exp(z), axis=1, keepdims=True)), dtype=np.float64)
-
-
-def softmax(x: FloatArray) -> FloatArray:
-    return np.asarray(np.exp(log_softmax(x)), dtype=np.float64)
+#: Every calibrator class by ``method`` name, in the order they were defined; filled by
+#: :meth:`BaseCalibrator.__init_subclass__` and read through
+#: :data:`surelabel.calibration.registry.CALIBRATORS`.
+_REGISTRY: dict[str, type[BaseCalibrator]] = {}
 
 
 def as_logprobs(x: ArrayLike) -> FloatArray:
@@ -49,7 +48,7 @@ def as_logprobs(x: ArrayLike) -> FloatArray:
         )
     if np.isnan(arr).any():
         raise ValueError("label log-probabilities contain NaN")
-    return log_softmax(np.maximum(arr, _LOG_FLOOR))
+    return log_softmax(np.maximum(arr, LOGPROB_GUARD))
 
 
 def distribution_logprobs(distribution: LabelDistribution) -> FloatArray:
@@ -57,23 +56,44 @@ def distribution_logprobs(distribution: LabelDistribution) -> FloatArray:
     lps = distribution.logprobs
     if lps is not None and all(v is not None for v in lps):
         return np.array([float(v) for v in lps if v is not None], dtype=np.float64)
-    return np.array(
-        [math.log(p) if p > 0 else _LOG_FLOOR for p in distribution.probabilities],
-        dtype=np.float64,
-    )
+    return safe_log(distribution.probabilities)
 
 
 class BaseCalibrator:
-    """Base of single-distribution calibrators (multiclass, or binary)."""
+    """Base of single-distribution calibrators (multiclass, or binary).
+
+    A subclass that sets a non-empty ``method`` registers itself under that name (the
+    calibration files, ``make_calibrator`` and the command line find it there).
+    """
 
     #: Name used in calibration files and on the command line.
     method: ClassVar[str] = ""
     #: Whether ``fit`` needs true labels (contextual calibration does not).
     needs_labels: ClassVar[bool] = True
+    #: Whether it only applies to binary (two-label) distributions.
+    binary_only: ClassVar[bool] = False
+    #: Whether it wraps another calibrator (``auto`` does not try it as a base).
+    is_wrapper: ClassVar[bool] = False
     #: Fitted attributes saved to and restored from calibration files.
     _state: ClassVar[tuple[str, ...]] = ()
 
     n_classes_: int
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Only a class that names itself registers: a subclass inheriting ``method``
+        # (a tweaked TemperatureScaling, say) does not take over its parent's name.
+        method = cls.__dict__.get("method", "")
+        if not method:
+            return
+        known = _REGISTRY.get(method)
+        # The same class defined again (its module reloaded) replaces itself.
+        if known is not None and (known.__module__, known.__qualname__) != (
+            cls.__module__, cls.__qualname__
+        ):
+            raise TypeError(f"calibration method {method!r} is already registered by "
+                            f"{known.__module__}.{known.__qualname__}")
+        _REGISTRY[method] = cls
 
     def fit(self, logprobs: ArrayLike, y: ArrayLike | None = None) -> BaseCalibrator:
         raise NotImplementedError
@@ -108,8 +128,6 @@ class BaseCalibrator:
     # -- persistence --------------------------------------------------------------------
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
-        import inspect
-
         del deep
         names = [
             p for p in inspect.signature(type(self).__init__).parameters if p != "self"
@@ -155,3 +173,19 @@ def check_labels(y: ArrayLike | None, n: int, k: int) -> NDArray[np.intp]:
     if np.any(out != arr) or np.any(out < 0) or np.any(out >= k):
         raise ValueError(f"true labels must be label indices in 0..{k - 1}")
     return out
+
+
+def calibrator_class(method: str) -> type[BaseCalibrator]:
+    """The registered calibrator class called ``method`` (``KeyError`` if there is none)."""
+    return _REGISTRY[method]
+
+
+def make_calibrator(method: str, **params: Any) -> BaseCalibrator:
+    """A new, unfitted calibrator of a registered method."""
+    try:
+        cls = _REGISTRY[method]
+    except KeyError:
+        raise CalibrationError(
+            f"unknown calibration method {method!r}; expected one of {', '.join(_REGISTRY)}"
+        ) from None
+    return cls(**params)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from surelabel import prompt
-from surelabel.calibration.methods import Calibrator, calibrator_from_dict
+from surelabel.calibration.registry import FittedCalibrator, calibrator_from_dict
 from surelabel.distribution import LabelDistribution
 from surelabel.errors import CalibrationError
 from surelabel.routing import RoutingResult, label_set
@@ -45,7 +45,7 @@ class Calibration:
     passed as ``Classifier(..., calibrator=calibration)``.
     """
 
-    calibrator: Calibrator
+    calibrator: FittedCalibrator
     task_name: str
     task_fingerprint: str
     model: str
@@ -60,6 +60,8 @@ class Calibration:
     created: str = field(
         default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     )
+    #: Where it came from, for messages ("calibration file cal.json"); not saved.
+    source: str = field(default="the calibration", compare=False)
 
     @property
     def method(self) -> str:
@@ -189,6 +191,7 @@ def load(path: str | Path, task: Task | None = None, model: str | None = None) -
     except json.JSONDecodeError as exc:
         raise CalibrationError(f"{source}: not valid JSON ({exc.msg})") from exc
     calibration = Calibration.from_dict(data, source=source)
+    calibration.source = source
     if task is not None:
         calibration.check(task, model, source=source)
     return calibration

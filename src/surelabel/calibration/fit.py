@@ -7,30 +7,50 @@ conformal quantile, so neither is set on probabilities fitted to the very same r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from surelabel.calibration.base import as_logprobs
+from surelabel._numeric import FloatArray, kfold, softmax, train_rows
+from surelabel.calibration.base import LOGPROB_GUARD
 from surelabel.calibration.file import Calibration, prompt_hash
-from surelabel.calibration.methods import (
+from surelabel.calibration.per_label import PerLabelCalibrator
+from surelabel.calibration.registry import (
     BINARY_ONLY,
     CALIBRATORS,
     WRAPPERS,
-    Calibrator,
-    PerLabelCalibrator,
-    TopLabelCalibration,
+    FittedCalibrator,
     make_calibrator,
 )
+from surelabel.calibration.top_label import TopLabelCalibration
 from surelabel.errors import CalibrationError
 from surelabel.metrics import log_loss
 from surelabel.routing import conformal_quantile, fit_accept_threshold
+from surelabel.subtasks import (
+    answer_view,
+    from_task_probabilities,
+    label_indices,
+    row_view,
+    subtask_array,
+    subtask_targets,
+    task_probabilities,
+)
 from surelabel.task import Task
 
-FloatArray = NDArray[np.float64]
+__all__ = [
+    "DIRICHLET_AUTO_MAX_LABELS",
+    "MIN_ROWS",
+    "TOP_LABEL_MIN_ROWS",
+    "calibration_view",
+    "candidates",
+    "cross_val_probabilities",
+    "fit_calibration",
+    "label_indices",
+    "top_label_view",
+]
+
 MIN_ROWS = 10
 #: Fewest rows for the top-label step: an isotonic map fitted on fewer is mostly noise.
 TOP_LABEL_MIN_ROWS = 100
@@ -53,28 +73,17 @@ def candidates(kind: str, has_content_free: bool, n_labels: int = 2) -> list[str
     return names
 
 
-def _new(method: str, task: Task) -> Calibrator:
+def _new(method: str, task: Task) -> FittedCalibrator:
     if task.kind == "multilabel":
         return PerLabelCalibrator(method, task.label_names)
     return make_calibrator(method)
 
 
-def _raw_probabilities(task: Task, x: FloatArray) -> FloatArray:
-    if task.kind == "multilabel":
-        lp = x - np.logaddexp(x[..., :1], x[..., 1:])
-        return np.asarray(np.exp(lp[..., 0]), dtype=np.float64)
-    return np.asarray(np.exp(as_logprobs(x)), dtype=np.float64)
-
-
 def _loss(task: Task, y: NDArray[Any], probs: FloatArray) -> float:
-    if task.kind == "multilabel":
-        return float(np.mean([log_loss(y[:, j], probs[:, j]) for j in range(y.shape[1])]))
-    return log_loss(y, probs)
-
-
-def _folds(n: int, k: int, seed: int) -> list[NDArray[np.intp]]:
-    order = np.random.default_rng(seed).permutation(n)
-    return [np.sort(f) for f in np.array_split(order, k)]
+    """Mean log loss over the subtasks (one for a single-label task, one per label)."""
+    p3 = from_task_probabilities(task, probs)
+    y2 = subtask_targets(task, y)
+    return float(np.mean([log_loss(y2[:, j], p3[:, j, :]) for j in range(y2.shape[1])]))
 
 
 def cross_val_probabilities(
@@ -91,8 +100,8 @@ def cross_val_probabilities(
         assert content_free is not None
         return np.asarray(_new(method, task).fit(content_free).predict_proba(x), dtype=np.float64)
     out: FloatArray | None = None
-    for test in _folds(len(x), folds, seed):
-        train = np.setdiff1d(np.arange(len(x)), test)
+    for test in kfold(len(x), folds, seed):
+        train = train_rows(len(x), test)
         pred = _new(method, task).fit(x[train], y[train]).predict_proba(x[test])
         if out is None:
             out = np.zeros((len(x), *pred.shape[1:]))
@@ -185,7 +194,8 @@ def fit_calibration(
     for name in tried:
         oof[name] = cross_val_probabilities(task, name, x, yy, cf, k, seed)
         losses[name] = _loss(task, yy, oof[name])
-    raw_loss = _loss(task, yy, _raw_probabilities(task, x)) if n else float("nan")
+    raw = softmax(np.maximum(subtask_array(task, x), LOGPROB_GUARD), axis=2)
+    raw_loss = _loss(task, yy, task_probabilities(task, raw)) if n else float("nan")
     chosen = min(losses, key=lambda m: losses[m])
     others = ", ".join(f"{m} {v:.4f}" for m, v in sorted(losses.items(), key=lambda kv: kv[1]))
     if method != chosen:
@@ -200,12 +210,12 @@ def fit_calibration(
                  and chosen != "contextual" and n >= TOP_LABEL_MIN_ROWS)
     if chosen == "contextual":
         assert cf is not None
-        calibrator: Calibrator = _new(chosen, task).fit(cf)
+        calibrator: FittedCalibrator = _new(chosen, task).fit(cf)
     elif top_label:
         calibrator = TopLabelCalibration(base=chosen, seed=seed).fit(x, yy)
         probs = np.zeros_like(probs)
-        for test in _folds(n, k, seed):
-            train = np.setdiff1d(np.arange(n), test)
+        for test in kfold(n, k, seed):
+            train = train_rows(n, test)
             fold = TopLabelCalibration(base=chosen, seed=seed).fit(x[train], yy[train])
             probs[test] = fold.predict_proba(x[test])
         reason += ("; then its top-label confidence is recalibrated (top_label: centred "
@@ -222,7 +232,7 @@ def fit_calibration(
         conf, correct = top_label_view(task, probs, yy)
         routing = fit_accept_threshold(conf, correct, target_error, delta)
     conformal = None
-    if alpha is not None and task.kind != "multilabel":
+    if alpha is not None and len(task.subtasks) == 1:  # prediction sets of labels
         q = conformal_quantile(probs[np.arange(n), yy.astype(int)], alpha)
         conformal = {"alpha": alpha, "quantile": q, "n_calibration": n}
     calibration = Calibration(
@@ -245,54 +255,24 @@ def fit_calibration(
 def top_label_view(
     task: Task, probs: FloatArray, y: NDArray[Any]
 ) -> tuple[FloatArray, NDArray[np.bool_]]:
-    """Confidence and correctness per row, as the classifier decides.
+    """Confidence and correctness per row, as the classifier decides (task-shaped inputs;
+    :func:`surelabel.subtasks.row_view`).
 
     Multilabel rows take their least certain label's confidence and are right only when
     every label is.
     """
-    if task.kind == "multilabel":
-        conf_per = np.maximum(probs, 1 - probs)
-        right = (probs >= 0.5) == y.astype(bool)
-        return conf_per.min(axis=1), right.all(axis=1)
-    return probs.max(axis=1), probs.argmax(axis=1) == y.astype(int)
+    return row_view(from_task_probabilities(task, probs), subtask_targets(task, y))
 
 
 def calibration_view(
     task: Task, probs: FloatArray, y: NDArray[Any]
 ) -> tuple[FloatArray, NDArray[np.bool_]]:
-    """Confidence and correctness of the answers whose calibration is measured.
+    """Confidence and correctness of the answers whose calibration is measured (task-shaped
+    inputs; :func:`surelabel.subtasks.answer_view`).
 
     Single-label tasks: one answer per row (as :func:`top_label_view`). Multilabel tasks:
     one answer per (row, label) pair, each label's yes/no, since that is what a per-label
     calibrator calibrates; a row's least-certain confidence is not a probability that the
     whole row is right.
     """
-    if task.kind == "multilabel":
-        conf = np.maximum(probs, 1 - probs).ravel()
-        right = ((probs >= 0.5) == y.astype(bool)).ravel()
-        return np.asarray(conf, dtype=np.float64), right
-    return top_label_view(task, probs, y)
-
-
-def label_indices(task: Task, labels: Sequence[Any]) -> NDArray[Any]:
-    """True labels (names, or lists of names for multilabel) as indices / a 0/1 matrix."""
-    names = task.label_names
-    index = {name: i for i, name in enumerate(names)}
-    if task.kind == "multilabel":
-        out = np.zeros((len(labels), len(names)), dtype=np.int64)
-        for r, value in enumerate(labels):
-            chosen = [value] if isinstance(value, str) else list(value or [])
-            for name in chosen:
-                if name not in index:
-                    raise CalibrationError(f"row {r + 1}: label {name!r} is not one of the "
-                                           f"task's labels ({', '.join(names)})")
-                out[r, index[name]] = 1
-        return out
-    idx = []
-    for r, value in enumerate(labels):
-        key = ("true" if value else "false") if isinstance(value, bool) else value
-        if key not in index:
-            raise CalibrationError(f"row {r + 1}: label {value!r} is not one of the task's "
-                                   f"labels ({', '.join(names)})")
-        idx.append(index[key])
-    return np.asarray(idx, dtype=np.int64)
+    return answer_view(from_task_probabilities(task, probs), subtask_targets(task, y))
