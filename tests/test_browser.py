@@ -23,7 +23,7 @@ import uvicorn
 from surelabel.server import Settings, create_app
 from surelabel.store import Store
 from surelabel.task import load_task
-from test_server import FakeBackend
+from surelabel.testing import FakeBackend
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("SURELABEL_CHROMIUM", "/usr/bin/chromium")
@@ -72,7 +72,7 @@ class LiveServer:
 @pytest.fixture
 def live(tmp_path: Path) -> Iterator[tuple[LiveServer, Store]]:
     store = Store(f"sqlite:///{tmp_path / 'browser.db'}")
-    fake = FakeBackend({
+    fake = FakeBackend(plan={
         "mystery": [0.4, 0.35, 0.25],   # clarify band, least confident
         "tomato": [0.55, 0.44, 0.01],   # review
         "rhubarb": [0.7, 0.29, 0.01],   # review

@@ -1,11 +1,12 @@
 """The review service through HTTP (Starlette's TestClient: httpx over the ASGI app).
 
-A small fake backend with fixed label probabilities keeps these fast; one test at the end
-goes through the real embedded model.
+The shipped fake backend (``surelabel.testing.FakeBackend``) with fixed label probabilities
+keeps these fast; one test goes through the real embedded model.
 """
 
 from __future__ import annotations
 
+import ast
 import math
 import re
 import threading
@@ -16,45 +17,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from surelabel.backends.base import Capabilities, Generation, ScoreResult
-from surelabel.prompt import Message
 from surelabel.server import Settings, create_app
 from surelabel.store import Store
 from surelabel.task import Task, load_task
+from surelabel.testing import FakeBackend
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-class FakeBackend:
-    """Fixed probabilities per text (in label order); counts calls; can be held on a gate."""
-
-    model_name = "fake-model"
-
-    def __init__(self, plan: dict[str, Sequence[float]] | None = None) -> None:
-        self.plan = plan or {}
-        self.calls = 0
-        self.gate = threading.Event()
-        self.gate.set()
-        self.entered = threading.Event()
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(exact_scoring=True)
-
-    def score(self, messages: Sequence[Message], prefix: str, continuations: Sequence[str],
-              *, closer: str = "") -> ScoreResult:
-        self.calls += 1
-        self.entered.set()
-        self.gate.wait(timeout=30)
-        text = messages[-1].content
-        probs = list(self.plan.get(text, [0.6, 0.3, 0.1]))[: len(continuations)]
-        probs += [1e-3] * (len(continuations) - len(probs))
-        return ScoreResult(logprobs=tuple(math.log(p) for p in probs))
-
-    def generate(self, messages: Sequence[Message], *, prefix: str = "",
-                 schema: dict[str, Any] | None = None, max_tokens: int = 64,
-                 stop: Sequence[str] = (), top_logprobs: int = 0) -> Generation:
-        return Generation(text="it grows on trees")
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
 
 
 class Clock:
@@ -84,7 +53,7 @@ def store(tmp_path: Path, clock: Clock) -> Iterator[Store]:
 
 @pytest.fixture
 def fake() -> FakeBackend:
-    return FakeBackend({
+    return FakeBackend(plan={
         "apple": [0.97, 0.02, 0.01],     # accept
         "tomato": [0.55, 0.44, 0.01],    # review
         "rhubarb": [0.7, 0.29, 0.01],    # review
@@ -249,7 +218,8 @@ def test_queue_full_gives_503_with_retry_after(
 ) -> None:
     with make_client(task, fake, store, batch_limit=2, max_pending=2) as client:
         gate = threading.Event()
-        client.app.state.pool.submit(lambda: gate.wait(30), weight=2)  # type: ignore[attr-defined]
+        pool = client.app.state.service.pool  # type: ignore[attr-defined]
+        pool.submit(lambda: gate.wait(30), weight=2)
         try:
             r = client.post(URL, json={"text": "apple"}, headers=tokens["ingest"])
             assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
@@ -262,7 +232,7 @@ def test_queue_full_gives_503_with_retry_after(
 def test_classification_does_not_block_the_event_loop(
     client: TestClient, fake: FakeBackend, tokens: dict[str, Any]
 ) -> None:
-    fake.gate.clear()
+    fake.hold()
     fake.entered.clear()
     result: dict[str, int] = {}
 
@@ -274,7 +244,7 @@ def test_classification_does_not_block_the_event_loop(
     t.start()
     assert fake.entered.wait(10)  # the model is busy with that request...
     assert client.get("/v1/tasks", headers=tokens["read"]).status_code == 200  # ...and we answer
-    fake.gate.set()
+    fake.release()
     t.join(10)
     assert result["status"] == 200
 
@@ -537,3 +507,40 @@ def test_item_page_shows_bars_reason_and_label_set(client: TestClient, store: St
     assert "hard &amp; sour &lt;fruit&gt;" in page
     assert "Plausible labels (conformal set)" in page and page.count("in set") == 2
     assert "label mass 0.910" in page
+
+
+def test_server_and_store_modules_import_one_way() -> None:
+    """No module of the server or the store imports one that imports it back, at any depth
+    (imports inside functions count too)."""
+    src = REPO / "src"
+    files = {
+        ".".join(path.relative_to(src).with_suffix("").parts).removesuffix(".__init__"): path
+        for pkg in ("server", "store")
+        for path in sorted((src / "surelabel" / pkg).glob("*.py"))
+    }
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for a in node.names:  # `from package import submodule` names the submodule
+                    sub = f"{node.module}.{a.name}"
+                    targets.add(sub if sub in files else node.module)
+        graph[name] = {t for t in targets if t in files and t != name}
+
+    def cycle_from(start: str, path: list[str]) -> list[str] | None:
+        for nxt in sorted(graph[path[-1]]):
+            if nxt == start:
+                return [*path, nxt]
+            if nxt not in path:
+                found = cycle_from(start, [*path, nxt])
+                if found:
+                    return found
+        return None
+
+    assert {"surelabel.server.app", "surelabel.store.repository"} <= set(graph)
+    for name in graph:
+        cycle = cycle_from(name, [name])
+        assert cycle is None, " -> ".join(cycle)

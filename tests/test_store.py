@@ -7,6 +7,8 @@ Locally the PostgreSQL cases skip when the URL is unset; in CI (``CI=true``)
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -259,3 +261,22 @@ def test_untrusted_text_is_stored_verbatim(store: Store) -> None:
     assert store.get_item(item.id).text == nasty
     assert store.find_item("t", nasty) is not None
     assert json.loads(json.dumps(store.get_item(item.id).record))["text"] == nasty
+
+
+def test_package_names_load_on_first_use() -> None:
+    """``surelabel.store`` exports one definition of each name, importing SQLAlchemy only
+    when a name that needs it is used (the CLI reads the roles and scopes without it)."""
+    import surelabel.store as pkg
+    from surelabel.store import auth, base, items, repository, roles
+
+    assert pkg.ROLES is roles.ROLES and pkg.SCOPES is roles.SCOPES
+    assert pkg.Store is repository.Store and pkg.Item is items.Item and pkg.User is auth.User
+    assert pkg.ConflictError is base.ConflictError and pkg.ORDERS is items.ORDERS
+    assert all(getattr(pkg, name) is not None for name in pkg.__all__)
+    assert set(pkg.__all__) <= set(dir(pkg))
+    with pytest.raises(AttributeError):
+        _ = pkg.no_such_name
+    code = ("import sys, surelabel.store; from surelabel.store.roles import ROLES, SCOPES; "
+            "assert 'sqlalchemy' not in sys.modules, 'sqlalchemy was imported'")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

@@ -7,10 +7,7 @@ import datetime as dt
 from typing import Any
 
 from surelabel.cli.common import add_db_arg
-
-# A copy of surelabel.store.SCOPES, so that building the parser does not import the store
-# (tests/test_server_cli.py checks they agree).
-SCOPES = ("classify", "read", "review")
+from surelabel.store.roles import SCOPES  # imports no SQLAlchemy: building the parser stays light
 
 
 def register(sub: Any) -> None:

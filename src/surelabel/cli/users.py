@@ -7,10 +7,7 @@ import datetime as dt
 from typing import Any
 
 from surelabel.cli.common import add_db_arg
-
-# A copy of surelabel.store.ROLES, so that building the parser does not import the store
-# (tests/test_server_cli.py checks they agree).
-ROLES = ("reviewer", "admin")
+from surelabel.store.roles import ROLES  # imports no SQLAlchemy: building the parser stays light
 
 
 def register(sub: Any) -> None:

@@ -7,28 +7,38 @@ session's for logged-in forms, a double-submit cookie for the login form).
 
 # No ``from __future__ import annotations``: FastAPI reads the annotations at runtime.
 
+import functools
 import hmac
 import secrets
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
-from fastapi import FastAPI, Form, HTTPException, Request
+from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from surelabel.classifier import Classifier
-from surelabel.server.app import check_answer
-from surelabel.store import ConflictError, Item, Session, Store
-from surelabel.store.repository import Order
+from surelabel.server.answers import check_answer, classifier_for
+from surelabel.server.auth import (
+    LOGIN_CSRF_COOKIE,
+    SESSION_COOKIE,
+    check_csrf,
+    need_session,
+)
+from surelabel.server.context import ServiceDep
+from surelabel.store import ConflictError, Item
+from surelabel.store.items import Order
 
-SESSION_COOKIE = "surelabel_session"
-LOGIN_CSRF_COOKIE = "surelabel_login_csrf"
 HERE = Path(__file__).parent
 STATIC = {"review.js": "text/javascript", "style.css": "text/css"}
 
+router = APIRouter(include_in_schema=False)
 
+
+@functools.cache
 def _env() -> Environment:
+    """The templates (loaded on first use; one environment serves every app)."""
     env = Environment(
         loader=FileSystemLoader(HERE / "templates"),
         autoescape=select_autoescape(["html"], default=True),
@@ -38,199 +48,185 @@ def _env() -> Environment:
     return env
 
 
-class _LoginRequiredError(Exception):
-    pass
+def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    return HTMLResponse(_env().get_template(name).render(**context), status_code=status)
 
 
-def add_web_routes(app: FastAPI) -> None:
-    store: Store = app.state.store
-    classifiers: dict[str, Classifier] = app.state.classifiers
-    settings = app.state.settings
-    env = _env()
+@router.get("/static/{name}")
+def static(name: str) -> Response:
+    if name not in STATIC:
+        raise HTTPException(404)
+    return FileResponse(HERE / "static" / name, media_type=STATIC[name])
 
-    def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
-        return HTMLResponse(env.get_template(name).render(**context), status_code=status)
 
-    def session_of(request: Request) -> Session | None:
-        cookie = request.cookies.get(SESSION_COOKIE)
-        return store.get_session(cookie) if cookie else None
+@router.get("/login")
+def login_page(request: Request, service: ServiceDep, next: str = "/review") -> Response:
+    csrf = secrets.token_urlsafe(32)
+    response = render("login.html", csrf=csrf, next=_safe_next(next), error=None, user=None)
+    response.set_cookie(
+        LOGIN_CSRF_COOKIE, csrf, httponly=True, samesite="strict",
+        secure=service.settings.secure_cookies, max_age=3600,
+    )
+    return response
 
-    def need_session(request: Request) -> Session:
-        session = session_of(request)
-        if session is None:
-            raise _LoginRequiredError
-        return session
 
-    def check_csrf(session: Session, token: str | None) -> None:
-        if not token or not hmac.compare_digest(token, session.csrf):
-            raise HTTPException(403, "missing or wrong CSRF token; reload the page")
+@router.post("/login")
+def login(
+    request: Request,
+    service: ServiceDep,
+    username: str = Form(max_length=200),
+    password: str = Form(max_length=500),
+    csrf: str = Form(""),
+    next: str = Form("/review"),
+) -> Response:
+    settings = service.settings
+    expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+    if not csrf or not expected or not hmac.compare_digest(csrf, expected):
+        raise HTTPException(403, "missing or wrong CSRF token; reload the login page")
+    user = service.store.authenticate(username, password)
+    if user is None:
+        return render("login.html", status=401, csrf=csrf, next=_safe_next(next),
+                      error="Wrong user name or password.", user=None)
+    cookie, _session = service.store.create_session(user, ttl=settings.session_seconds)
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE, cookie, httponly=True, samesite="lax",
+        secure=settings.secure_cookies, max_age=int(settings.session_seconds),
+    )
+    response.delete_cookie(LOGIN_CSRF_COOKIE)
+    return response
 
-    def classifier_for(task: str) -> Classifier:
-        if task not in classifiers:
-            raise HTTPException(404, f"no task {task!r}")
-        return classifiers[task]
 
-    @app.exception_handler(_LoginRequiredError)
-    async def to_login(request: Request, exc: _LoginRequiredError) -> Response:
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
+@router.post("/logout")
+def logout(request: Request, service: ServiceDep, csrf: str = Form("")) -> Response:
+    session = need_session(request, service.store)
+    check_csrf(session, csrf)
+    service.store.delete_session(request.cookies[SESSION_COOKIE])
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE)
+    return response
 
-    @app.get("/static/{name}", include_in_schema=False)
-    def static(name: str) -> Response:
-        if name not in STATIC:
-            raise HTTPException(404)
-        return FileResponse(HERE / "static" / name, media_type=STATIC[name])
 
-    @app.get("/login", include_in_schema=False)
-    def login_page(request: Request, next: str = "/review") -> Response:
-        csrf = secrets.token_urlsafe(32)
-        response = render("login.html", csrf=csrf, next=_safe_next(next), error=None, user=None)
-        response.set_cookie(
-            LOGIN_CSRF_COOKIE, csrf, httponly=True, samesite="strict",
-            secure=settings.secure_cookies, max_age=3600,
-        )
-        return response
+@router.get("/")
+def home() -> Response:
+    return RedirectResponse("/review", status_code=303)
 
-    @app.post("/login", include_in_schema=False)
-    def login(
-        request: Request,
-        username: str = Form(max_length=200),
-        password: str = Form(max_length=500),
-        csrf: str = Form(""),
-        next: str = Form("/review"),
-    ) -> Response:
-        expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
-        if not csrf or not expected or not hmac.compare_digest(csrf, expected):
-            raise HTTPException(403, "missing or wrong CSRF token; reload the login page")
-        user = store.authenticate(username, password)
-        if user is None:
-            return render("login.html", status=401, csrf=csrf, next=_safe_next(next),
-                          error="Wrong user name or password.", user=None)
-        cookie, _session = store.create_session(user, ttl=settings.session_seconds)
-        response = RedirectResponse(_safe_next(next), status_code=303)
-        response.set_cookie(
-            SESSION_COOKIE, cookie, httponly=True, samesite="lax",
-            secure=settings.secure_cookies, max_age=int(settings.session_seconds),
-        )
-        response.delete_cookie(LOGIN_CSRF_COOKIE)
-        return response
 
-    @app.post("/logout", include_in_schema=False)
-    def logout(request: Request, csrf: str = Form("")) -> Response:
-        session = need_session(request)
-        check_csrf(session, csrf)
-        store.delete_session(request.cookies[SESSION_COOKIE])
-        response = RedirectResponse("/login", status_code=303)
-        response.delete_cookie(SESSION_COOKIE)
-        return response
+@router.get("/review")
+def tasks_page(request: Request, service: ServiceDep) -> Response:
+    session = need_session(request, service.store)
+    rows = [
+        {"task": c.task, "counts": service.store.count_items(name)}
+        for name, c in service.classifiers.items()
+    ]
+    return render("tasks.html", session=session, user=session.user, rows=rows)
 
-    @app.get("/", include_in_schema=False)
-    def home() -> Response:
-        return RedirectResponse("/review", status_code=303)
 
-    @app.get("/review", include_in_schema=False)
-    def tasks_page(request: Request) -> Response:
-        session = need_session(request)
-        rows = [
-            {"task": c.task, "counts": store.count_items(name)}
-            for name, c in classifiers.items()
-        ]
-        return render("tasks.html", session=session, user=session.user, rows=rows)
+@router.get("/review/{task}")
+def queue_page(request: Request, task: str, service: ServiceDep, order: str = "confidence",
+               empty: int = 0) -> Response:
+    store = service.store
+    session = need_session(request, store)
+    classifier = classifier_for(service.classifiers, task)
+    open_items = store.list_items(task, status="open", order=_order(order), limit=100)
+    return render(
+        "queue.html", session=session, user=session.user, task=classifier.task,
+        counts=store.count_items(task), items=open_items, order=_order(order),
+        empty=bool(empty),
+        now=store.clock(),
+    )
 
-    @app.get("/review/{task}", include_in_schema=False)
-    def queue_page(request: Request, task: str, order: str = "confidence",
-                   empty: int = 0) -> Response:
-        session = need_session(request)
-        classifier = classifier_for(task)
-        open_items = store.list_items(task, status="open", order=_order(order), limit=100)
-        return render(
-            "queue.html", session=session, user=session.user, task=classifier.task,
-            counts=store.count_items(task), items=open_items, order=_order(order),
-            empty=bool(empty),
-            now=store.clock(),
-        )
 
-    @app.get("/review/{task}/next", include_in_schema=False)
-    def next_item(request: Request, task: str, order: str = "confidence") -> Response:
-        session = need_session(request)
-        classifier_for(task)
-        order = _order(order)
-        item = store.claim_next(task, session.user.name, order=order,
-                                lease=settings.lease_seconds)
-        if item is None:
-            return RedirectResponse(
-                f"/review/{quote(task)}?{urlencode({'order': order, 'empty': 1})}",
-                status_code=303,
-            )
-        return RedirectResponse(f"/review/items/{item.id}?order={order}", status_code=303)
-
-    @app.get("/review/items/{item_id}", include_in_schema=False)
-    def item_page(request: Request, item_id: int, order: str = "confidence") -> Response:
-        session = need_session(request)
-        item = store.get_item(item_id)  # NotFoundError: 404 (the app's error handler)
-        classifier = classifier_for(item.task)
-        # Open items are leased to whoever opens them; accepted ones can be spot-checked.
-        held = item.status == "auto" or (item.status == "open" and store.claim(
-            item.id, session.user.name, lease=settings.lease_seconds
-        ))
-        if held:
-            item = store.get_item(item_id)
-        return render(
-            "item.html", session=session, user=session.user, item=item,
-            task=classifier.task, bars=_bars(item, classifier), held=held,
-            order=_order(order), error=None,
-        )
-
-    @app.post("/review/items/{item_id}", include_in_schema=False)
-    def answer_item(
-        request: Request,
-        item_id: int,
-        csrf: str = Form(""),
-        choice: str = Form(max_length=300),
-        labels: Annotated[list[str] | None, Form()] = None,
-        note: str = Form("", max_length=5000),
-        order: str = Form("confidence"),
-    ) -> Response:
-        session = need_session(request)
-        check_csrf(session, csrf)
-        item = store.get_item(item_id)  # NotFoundError: 404 (the app's error handler)
-        classifier = classifier_for(item.task)
-        label: Any = None
-        clarify = False
-        if choice == "accept":
-            label = item.predicted
-        elif choice == "clarify":
-            clarify = True
-        elif choice.startswith("label:"):
-            label = choice[6:]
-        elif choice == "labels":
-            label = labels or []
-        else:
-            raise HTTPException(422, f"unknown choice {choice!r}")
-        # The same checks as the API's review endpoint.
-        label = check_answer(classifiers, item, label, clarify)
-        try:
-            store.answer(item_id, session.user.name, label=label, clarify=clarify,
-                         note=note.strip() or None)
-        except ConflictError as exc:
-            return render(
-                "item.html", status=409, session=session, user=session.user,
-                item=store.get_item(item_id), task=classifier.task,
-                bars=_bars(item, classifier), held=False, order=_order(order), error=str(exc),
-            )
+@router.get("/review/{task}/next")
+def next_item(request: Request, task: str, service: ServiceDep,
+              order: str = "confidence") -> Response:
+    session = need_session(request, service.store)
+    classifier_for(service.classifiers, task)
+    order = _order(order)
+    item = service.store.claim_next(task, session.user.name, order=order,
+                                    lease=service.settings.lease_seconds)
+    if item is None:
         return RedirectResponse(
-            f"/review/{quote(item.task)}/next?order={_order(order)}", status_code=303
+            f"/review/{quote(task)}?{urlencode({'order': order, 'empty': 1})}",
+            status_code=303,
         )
+    return RedirectResponse(f"/review/items/{item.id}?order={order}", status_code=303)
 
-    @app.get("/stats", include_in_schema=False)
-    def stats_page(request: Request, task: str | None = None) -> Response:
-        session = need_session(request)
-        name = task if task in classifiers else next(iter(classifiers))
-        stats = store.stats(name)
+
+@router.get("/review/items/{item_id}")
+def item_page(request: Request, item_id: int, service: ServiceDep,
+              order: str = "confidence") -> Response:
+    store = service.store
+    session = need_session(request, store)
+    item = store.get_item(item_id)  # NotFoundError: 404 (the app's error handler)
+    classifier = classifier_for(service.classifiers, item.task)
+    # Open items are leased to whoever opens them; accepted ones can be spot-checked.
+    held = item.status == "auto" or (item.status == "open" and store.claim(
+        item.id, session.user.name, lease=service.settings.lease_seconds
+    ))
+    if held:
+        item = store.get_item(item_id)
+    return render(
+        "item.html", session=session, user=session.user, item=item,
+        task=classifier.task, bars=_bars(item, classifier), held=held,
+        order=_order(order), error=None,
+    )
+
+
+@router.post("/review/items/{item_id}")
+def answer_item(
+    request: Request,
+    item_id: int,
+    service: ServiceDep,
+    csrf: str = Form(""),
+    choice: str = Form(max_length=300),
+    labels: Annotated[list[str] | None, Form()] = None,
+    note: str = Form("", max_length=5000),
+    order: str = Form("confidence"),
+) -> Response:
+    store = service.store
+    session = need_session(request, store)
+    check_csrf(session, csrf)
+    item = store.get_item(item_id)  # NotFoundError: 404 (the app's error handler)
+    classifier = classifier_for(service.classifiers, item.task)
+    label: Any = None
+    clarify = False
+    if choice == "accept":
+        label = item.predicted
+    elif choice == "clarify":
+        clarify = True
+    elif choice.startswith("label:"):
+        label = choice[6:]
+    elif choice == "labels":
+        label = labels or []
+    else:
+        raise HTTPException(422, f"unknown choice {choice!r}")
+    # The same checks as the API's review endpoint.
+    label = check_answer(service.classifiers, item, label, clarify)
+    try:
+        store.answer(item_id, session.user.name, label=label, clarify=clarify,
+                     note=note.strip() or None)
+    except ConflictError as exc:
         return render(
-            "stats.html", session=session, user=session.user, tasks=list(classifiers),
-            task=classifiers[name].task, stats=stats, chart=_chart(stats),
+            "item.html", status=409, session=session, user=session.user,
+            item=store.get_item(item_id), task=classifier.task,
+            bars=_bars(item, classifier), held=False, order=_order(order), error=str(exc),
         )
+    return RedirectResponse(
+        f"/review/{quote(item.task)}/next?order={_order(order)}", status_code=303
+    )
+
+
+@router.get("/stats")
+def stats_page(request: Request, service: ServiceDep, task: str | None = None) -> Response:
+    session = need_session(request, service.store)
+    classifiers = service.classifiers
+    name = task if task is not None and task in classifiers else next(iter(classifiers))
+    stats = service.store.stats(name)
+    return render(
+        "stats.html", session=session, user=session.user, tasks=list(classifiers),
+        task=classifiers[name].task, stats=stats, chart=_chart(stats),
+    )
 
 
 def _order(order: str) -> Order:

@@ -1,19 +1,34 @@
-"""Storage for the review service: items, review queue, reviewers, tokens (SQLite or PostgreSQL)."""
+"""Storage for the review service: items, review queue, reviewers, tokens (SQLite or PostgreSQL).
 
-from surelabel.store.repository import (
-    ORDERS,
-    ROLES,
-    SCOPES,
-    ConflictError,
-    Item,
-    NotFoundError,
-    Session,
-    Store,
-    StoreError,
-    Token,
-    User,
-    normalize_url,
-)
+The names below are imported on first use (PEP 562), so that
+``surelabel.store.roles`` (what the command line needs) loads without SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from surelabel.store.roles import ROLES, SCOPES
+
+if TYPE_CHECKING:
+    from surelabel.store.auth import Session, Token, User
+    from surelabel.store.base import ConflictError, NotFoundError, StoreError, normalize_url
+    from surelabel.store.items import ORDERS, Item
+    from surelabel.store.repository import Store
+
+_HOMES = {
+    "ORDERS": "items",
+    "ConflictError": "base",
+    "Item": "items",
+    "NotFoundError": "base",
+    "Session": "auth",
+    "Store": "repository",
+    "StoreError": "base",
+    "Token": "auth",
+    "User": "auth",
+    "normalize_url": "base",
+}
 
 __all__ = [
     "ORDERS",
@@ -29,3 +44,16 @@ __all__ = [
     "User",
     "normalize_url",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
