@@ -45,8 +45,8 @@ def split_part() -> None:
     task = load_task(REPO / "examples" / "fruit_veg_herb.yaml")
     backend = LlamaCppBackend(n_threads=1)
     tokens = backend.prompt_tokens(prompt.messages(task, "lemon"))
-    tokens += backend._plain(prompt.answer_prefix(task) + ' "')  # the answer up to the value
-    label_token = backend._plain(' "veget')[-1]
+    tokens += backend.tokenize(prompt.answer_prefix(task) + ' "')  # the answer up to the value
+    label_token = backend.tokenize(' "veget')[-1]
     backend.close()
     print(f"prompt of {len(tokens)} tokens (fruit_veg_herb, 'lemon', answer prefix)")
     for flash in (True, False):

@@ -26,8 +26,9 @@ from surelabel.calibration import (
 from surelabel.calibration.base import softmax
 from surelabel.classifier import Classifier
 from surelabel.distribution import LabelDistribution
-from surelabel.errors import CalibrationError, NotFittedError
+from surelabel.errors import CalibrationError
 from surelabel.task import Task, load_task
+from surelabel.testing import FakeBackend
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = REPO / "bench" / "tasks"
@@ -55,30 +56,6 @@ def sst2() -> Task:
 @pytest.fixture(scope="module")
 def emotions() -> Task:
     return load_task(TASKS / "go_emotions.yaml")
-
-
-@pytest.mark.parametrize(
-    "cls",
-    [
-        TemperatureScaling,
-        BiasTemperatureScaling,
-        DirichletCalibration,
-        PlattScaling,
-        IsotonicCalibration,
-        ContextualCalibration,
-    ],
-)
-def test_estimator_contract(cls: type) -> None:
-    est = cls()
-    assert not [k for k in vars(est) if k.endswith("_")]  # __init__ stores arguments only
-    with pytest.raises(NotFittedError):
-        est.predict_proba(np.zeros((1, 2)))
-    with pytest.raises(NotFittedError):
-        est.calibrate(LabelDistribution.from_logprobs(["a", "b"], [-0.1, -2.0]))
-    x, y = overconfident(200, 2)
-    assert est.fit(x, y) is est
-    assert [k for k in vars(est) if k.endswith("_")]
-    assert est.get_params() == cls().get_params()
 
 
 def test_temperature_recovers_sharpness() -> None:
@@ -281,27 +258,12 @@ def test_file_round_trip_and_refusals(trec: Task, sst2: Task, tmp_path: Path) ->
         load(tmp_path / "new.json")
 
 
-class _FakeBackend:
-    """A backend that scores labels by fixed log-probabilities (no model)."""
-
-    model_name = "fake"
-
-    def __init__(self, logprobs: list[float]) -> None:
-        from surelabel.backends.base import Capabilities
-
-        self.capabilities = Capabilities(exact_scoring=True)
-        self._logprobs = logprobs
-
-    def score(self, messages, prefix, continuations, *, closer=""):  # type: ignore[no-untyped-def]
-        from surelabel.backends.base import ScoreResult
-
-        return ScoreResult(tuple(self._logprobs[: len(continuations)]))
-
-
 def test_classifier_applies_calibration(trec: Task) -> None:
     x, y = overconfident(300, 6, seed=3)
     calibration, _ = fit_calibration(trec, "fake", x, y, method="temperature", alpha=0.2)
-    backend = _FakeBackend([-0.01, -5, -6, -7, -8, -9])
+    # A backend that scores labels by fixed log-probabilities (no model).
+    backend = FakeBackend(model_name="fake", logprobs=[-0.01, -5, -6, -7, -8, -9],
+                          capabilities={"exact_scoring": True})
     record = Classifier(trec, backend, calibrator=calibration).classify_one("What is X?", 1)
     raw = Classifier(trec, backend).classify_one("What is X?", 1)
     assert record.extra["calibrated"] is True
@@ -328,10 +290,31 @@ def test_label_indices_and_top_label_view(trec: Task, emotions: Task) -> None:
     assert ok.tolist() == [True, False]
 
 
-def test_calibration_is_a_classifier_calibrator() -> None:
+def test_calibration_is_a_classifier_calibrator(trec: Task) -> None:
     from surelabel.classifier import Calibrator
 
-    assert hasattr(Calibration, "calibrate") and Calibrator is not None
+    x, y = overconfident(300, 6, seed=3)
+    calibration, _ = fit_calibration(trec, "m", x, y, method="temperature")
+    assert isinstance(calibration, Calibration) and isinstance(calibration, Calibrator)
+    assert not isinstance(object(), Calibrator)
+    raw = LabelDistribution.from_logprobs(trec.label_names, [-0.01, -5, -6, -7, -8, -9])
+    out = calibration.calibrate(raw)
+    assert isinstance(out, LabelDistribution)
+    assert out.labels == raw.labels
+    assert sum(out.probabilities) == pytest.approx(1.0)
+    assert not np.allclose(out.probabilities, raw.probabilities)
+
+
+def test_registry_lists_the_built_ins_in_auto_order() -> None:
+    # Calibrators register themselves as they are defined, so this order comes from the
+    # import order in calibration/registry.py; ``auto`` tries the methods in it.
+    from surelabel.calibration import CALIBRATORS
+    from surelabel.calibration.fit import candidates
+
+    built_in = ["temperature", "bias_temperature", "dirichlet", "platt", "isotonic",
+                "contextual", "top_label"]
+    assert list(CALIBRATORS)[: len(built_in)] == built_in
+    assert candidates("binary", True) == built_in[:-1]
 
 
 def test_auto_tries_dirichlet_up_to_twenty_labels() -> None:

@@ -12,8 +12,9 @@ import pytest
 from surelabel.calibration import CONTENT_FREE, ContextualCalibration, load
 from surelabel.classifier import Classifier
 from surelabel.cli import main
-from surelabel.cli.evaluate import exact_logprobs
+from surelabel.evaluate import text_logprobs as exact_logprobs
 from surelabel.task import load_task
+from surelabel.testing import registered
 
 REPO = Path(__file__).resolve().parents[1]
 SST2 = REPO / "bench" / "tasks" / "sst2.yaml"
@@ -38,10 +39,13 @@ def test_contextual_calibration_on_content_free_inputs(backend: Any) -> None:
 
 
 def test_calibrate_then_classify_with_the_real_model(
-    backend: Any, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    backend: Any, data_dir: Path, tmp_path: Path
 ) -> None:
-    for module in ("calibrate", "classify"):
-        monkeypatch.setattr(f"surelabel.cli.{module}.backend_from", lambda args: backend)
+    with registered("llamacpp", backend):  # the session's loaded model, not a second one
+        _calibrate_then_classify(backend, data_dir, tmp_path)
+
+
+def _calibrate_then_classify(backend: Any, data_dir: Path, tmp_path: Path) -> None:
     cal = tmp_path / "cal.json"
     code = main(["calibrate", str(SST2), str(data_dir / "sst2_dev.jsonl"), "--max-rows", "12",
                  "-o", str(cal), "--method", "platt", "--alpha", "0.2", "-q"])

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from surelabel import prompt
+from surelabel.backends._scoring import reference_score
 from surelabel.backends.llamacpp import LlamaCppBackend
 from surelabel.classifier import Classifier
 from surelabel.distribution import LabelDistribution
@@ -34,7 +35,7 @@ def _check_against_bruteforce(backend: LlamaCppBackend, task: Task, texts: list[
     for text in texts:
         msgs = prompt.messages(task, text)
         fast = backend.score(msgs, pre, conts, closer=close).logprobs
-        slow = backend.score_bruteforce(msgs, pre, conts, closer=close)
+        slow = reference_score(backend, msgs, pre, conts, closer=close)
         fast_d = LabelDistribution.from_logprobs(task.label_names, fast)
         slow_d = LabelDistribution.from_logprobs(task.label_names, slow)
         for a, b in zip(fast_d.probabilities, slow_d.probabilities):
@@ -44,7 +45,8 @@ def _check_against_bruteforce(backend: LlamaCppBackend, task: Task, texts: list[
 
 
 def test_labels_really_are_multi_token_and_share_prefixes(backend: LlamaCppBackend) -> None:
-    tails = [backend._plain(prompt.answer_prefix(SHARED) + c) for c in prompt.continuations(SHARED)]
+    tails = [backend.tokenize(prompt.answer_prefix(SHARED) + c)
+             for c in prompt.continuations(SHARED)]
     assert all(len(t) >= 5 for t in tails)  # '{"', 'diet', '":', ' "', label pieces...
     veg, vegetarian = tails[0], tails[1]
     assert veg[:5] == vegetarian[:5], "vegetable/vegetarian should share their first label token"

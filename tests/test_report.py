@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
-import zlib
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from surelabel import metrics, report
-from surelabel.backends.base import Capabilities, ScoreResult
 from surelabel.cli import main
 from surelabel.task import Task
+from surelabel.testing import FakeBackend, registered
 
 REPO = Path(__file__).resolve().parents[1]
 TASK_YAML = """\
@@ -34,24 +30,10 @@ WORDS = {
 }
 
 
-class FakeBackend:
+def keyword_backend(model_name: str = "fake-model") -> FakeBackend:
     """Scores labels by keywords plus a fixed per-text offset (fast, no model)."""
-
-    capabilities = Capabilities(exact_scoring=True)
-
-    def __init__(self, model_name: str = "fake-model") -> None:
-        self.model_name = model_name
-
-    def score(self, messages: Sequence[Any], prefix: str, continuations: Sequence[str], *,
-              closer: str = "") -> ScoreResult:
-        text = messages[-1].content.lower()
-        raw = []
-        for cont in continuations:
-            label = cont.strip().strip('"')
-            hits = sum(w in text for w in WORDS.get(label, ()))
-            raw.append(2.5 * hits + (zlib.crc32(f"{label}|{text}".encode()) % 1000) / 250)
-        total = math.log(sum(math.exp(v) for v in raw))
-        return ScoreResult(tuple(v - total for v in raw))
+    return FakeBackend(model_name=model_name, keywords=WORDS, weight=2.5, noise=4.0,
+                       capabilities={"exact_scoring": True})
 
 
 @pytest.fixture
@@ -70,11 +52,11 @@ def files(tmp_path: Path) -> dict[str, Path]:
 
 
 @pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> FakeBackend:
-    backend = FakeBackend()
-    for module in ("evaluate", "calibrate", "classify"):
-        monkeypatch.setattr(f"surelabel.cli.{module}.backend_from", lambda args: backend)
-    return backend
+def fake() -> Iterator[FakeBackend]:
+    # The CLI's default backend name, in this process only: the commands use this instance.
+    backend = keyword_backend()
+    with registered("llamacpp", backend):
+        yield backend
 
 
 def test_evaluate_probabilities_matches_metrics() -> None:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
-import zlib
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +17,10 @@ from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from surelabel.backends.base import Capabilities, ScoreResult
 from surelabel.errors import NotFittedError
 from surelabel.sklearn import LLMClassifier
 from surelabel.task import Task, load_task
+from surelabel.testing import FakeBackend
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = Task.from_dict({
@@ -38,31 +35,11 @@ WORDS = {
 }
 
 
-class KeywordBackend:
+def KeywordBackend() -> FakeBackend:
     """A fast fake backend: a label's log-probability grows with its keywords in the text,
     plus a fixed pseudo-random offset per text, so some answers are wrong."""
-
-    model_name = "keyword-fake"
-    capabilities = Capabilities(exact_scoring=True)
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def score(self, messages: Sequence[Any], prefix: str, continuations: Sequence[str], *,
-              closer: str = "") -> ScoreResult:
-        self.calls += 1
-        text = messages[-1].content.lower()
-        raw = []
-        for cont in continuations:
-            label = cont.strip().strip('"')
-            hits = sum(word in text for word in WORDS.get(label, ()))
-            noise = (zlib.crc32(f"{label}|{text}".encode()) % 1000) / 1000 * 2.5
-            raw.append(3.0 * hits + noise)
-        total = math.log(sum(math.exp(v) for v in raw))
-        return ScoreResult(tuple(v - total for v in raw))
-
-    def generate(self, *args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("not used")
+    return FakeBackend(model_name="keyword-fake", keywords=WORDS, weight=3.0, noise=2.5,
+                       capabilities={"exact_scoring": True})
 
 
 def dataset(n: int = 60) -> tuple[list[str], list[str]]:

@@ -2,7 +2,7 @@
 
 Each case is a Chat Completions response body (``choices[0].logprobs.content[]`` with
 ``token``, ``bytes``, ``logprob`` and ``top_logprobs``), parsed by the backend's
-``parse_response`` and read by :func:`surelabel.topk.read_value`.
+``parse_response`` and read by :func:`surelabel.top_logprobs.read_value`.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 
 from surelabel import methods
-from surelabel.backends.base import Capabilities, Generation
+from surelabel.backends.base import Generation
 from surelabel.backends.openai import parse_response
 from surelabel.errors import MissingLogprobsError, OffSchemaError
 from surelabel.task import Task
-from surelabel.topk import read_value
+from surelabel.testing import FakeBackend as TestingFakeBackend
+from surelabel.top_logprobs import read_value
 
 Tok = str | bytes
 Step = tuple[Tok, float, Sequence[tuple[Tok, float]]]
@@ -281,22 +282,8 @@ def test_no_logprobs_and_no_label_raise() -> None:
         read_value(g, ["t"], {"yes": "yes", "no": "no"})
 
 
-class FakeBackend:
-    """Returns a fixed generation: for method-level tests of the parser alone."""
-
-    def __init__(self, generation: Generation) -> None:
-        self.generation = generation
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(max_top_logprobs=20, json_schema=True)
-
-    @property
-    def model_name(self) -> str:
-        return "fake"
-
-    def score(self, *a: Any, **k: Any) -> Any:
-        raise NotImplementedError
-
-    def generate(self, *a: Any, **k: Any) -> Generation:
-        return self.generation
+def FakeBackend(generation: Generation) -> TestingFakeBackend:
+    """A backend returning a fixed generation: for method-level tests of the parser alone."""
+    return TestingFakeBackend(
+        generation=generation, capabilities={"max_top_logprobs": 20, "json_schema": True}
+    )

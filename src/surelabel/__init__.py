@@ -3,7 +3,14 @@
 Importing surelabel loads no model and opens no connection.
 """
 
-from surelabel.backends import Backend, Capabilities, make_backend
+from surelabel.backends import (
+    Backend,
+    BackendSpec,
+    BaseBackend,
+    Capabilities,
+    available_backends,
+    make_backend,
+)
 from surelabel.backends.llamacpp import LlamaCppBackend, default_model_path
 from surelabel.backends.openai import OpenAIBackend
 from surelabel.cache import ResponseCache
@@ -25,6 +32,7 @@ from surelabel.errors import (
     UserError,
 )
 from surelabel.io import read_rows
+from surelabel.methods import MethodOptions
 from surelabel.policy import decide
 from surelabel.routing import fit_accept_threshold
 from surelabel.task import Example, Label, Task, Thresholds, load_task
@@ -34,6 +42,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Backend",
     "BackendError",
+    "BackendSpec",
+    "BaseBackend",
     "Calibration",
     "CalibrationError",
     "Calibrator",
@@ -44,6 +54,7 @@ __all__ = [
     "Label",
     "LabelDistribution",
     "LlamaCppBackend",
+    "MethodOptions",
     "MissingLogprobsError",
     "ModelLoadError",
     "NotFittedError",
@@ -58,6 +69,7 @@ __all__ = [
     "UnsupportedMethodError",
     "UserError",
     "__version__",
+    "available_backends",
     "decide",
     "default_model_path",
     "fit_accept_threshold",

@@ -82,24 +82,33 @@ def resume_output(
 
 
 def classify_ordered(
-    classifier: Classifier, rows: Sequence[Row], workers: int = 1
+    classifier: Classifier,
+    rows: Sequence[Row],
+    workers: int | None = None,
+    *,
+    batch_size: int = 1,
 ) -> Iterator[Record]:
-    """Classify rows with up to ``workers`` in flight, yielding records in input order.
+    """Classify rows, yielding records in input order.
 
-    A bounded window of pending rows keeps memory flat on large inputs. Backends that are
-    not thread-parallel (the embedded model holds a lock) get ``workers=1``.
+    ``workers`` items are in flight at once (default: the backend's declared concurrency,
+    :attr:`Classifier.workers`); a bounded window of pending rows keeps memory flat on large
+    inputs. With one worker, rows go to the classifier ``batch_size`` at a time, so a local
+    model can evaluate several items together.
     """
-    if workers <= 1:
-        for row in rows:
-            yield classifier.classify_one(row.text, row.id)
+    n_workers = classifier.workers if workers is None else workers
+    if n_workers <= 1:
+        size = max(1, batch_size)
+        for start in range(0, len(rows), size):
+            chunk = rows[start : start + size]
+            yield from classifier.classify_batch([(row.id, row.text) for row in chunk])
         return
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="surelabel-item")
+    pool = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="surelabel-item")
     window: deque[Future[Record]] = deque()
     it = iter(rows)
     try:
         for row in it:
             window.append(pool.submit(classifier.classify_one, row.text, row.id))
-            if len(window) >= 2 * workers:
+            if len(window) >= 2 * n_workers:
                 break
         while window:
             record = window.popleft().result()

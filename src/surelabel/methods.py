@@ -7,22 +7,24 @@
   temperature 0 and take exp(logprob) of the first token of the label value (found by
   character offsets). It measures only the chosen label; the remaining probability is
   spread evenly over the other labels so the record keeps its shape.
-
 - ``topk``: for APIs. One temperature-0 request per item with ``top_logprobs``; every
   label's probability is read from the alternatives at the label value's tokens
-  (:mod:`surelabel.topk`); labels not seen there get a documented upper bound.
+  (:mod:`surelabel.top_logprobs`); labels not seen there get a documented upper bound.
 - ``sampling``: for servers without logprobs. ``n`` answers at a temperature (default 5 at
-  0.7); probabilities are vote shares with add-one smoothing, ``confidence_source:
-  "sampling"``. Never a made-up number.
+  0.7, :class:`MethodOptions`); probabilities are vote shares with add-one smoothing,
+  ``confidence_source: "sampling"``. Never a made-up number.
 
-The pipeline picks a method from the backend's declared capabilities (:func:`resolve`).
+Every method works on the task's subtasks (:attr:`surelabel.task.Task.subtasks`): one
+decision for a binary or multiclass task, one yes/no per label for a multilabel task, so a
+method result is a distribution per subtask whatever the kind. The pipeline picks a method
+from the backend's declared capabilities (:func:`resolve`, :func:`plan`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,134 +35,193 @@ from surelabel.backends.base import (
     Backend,
     Capabilities,
     Generation,
+    ScoreRequest,
 )
 from surelabel.distribution import LabelDistribution
-from surelabel.errors import MissingLogprobsError, OffSchemaError, UnsupportedMethodError
+from surelabel.errors import (
+    BackendError,
+    MissingLogprobsError,
+    OffSchemaError,
+    UnsupportedMethodError,
+)
 from surelabel.extract import locate_value, map_to_tokens
-from surelabel.task import Task
+from surelabel.task import YES_NO, Subtask, Task
 
-BINARY = ("true", "false")
+BINARY = YES_NO
 REASON_MAX_TOKENS = 32
 SEED_MAX_TOKENS = 160
 
 
 @dataclass(frozen=True)
-class MethodResult:
-    """What a method found for one item.
+class MethodOptions:
+    """Settings of the confidence methods (not of the backend).
 
-    Single-label tasks fill ``distribution``; multilabel tasks fill ``per_label`` with a
-    (true, false) distribution per label.
+    Parameters
+    ----------
+    samples, sampling_temperature:
+        Answers drawn per item by ``sampling``, and their temperature.
     """
 
-    distribution: LabelDistribution | None = None
-    per_label: dict[str, LabelDistribution] | None = None
+    samples: int = SAMPLES
+    sampling_temperature: float = SAMPLING_TEMPERATURE
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise UnsupportedMethodError("samples: must be at least 1")
+        if self.sampling_temperature <= 0:
+            raise UnsupportedMethodError("sampling temperature: must be above 0")
+
+
+DEFAULT_OPTIONS = MethodOptions()
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    """What a method found for one item: a distribution per subtask, in task order."""
+
+    distributions: tuple[LabelDistribution, ...]
+    names: tuple[str, ...]
     reason: str | None = None
     warnings: tuple[str, ...] = ()
     info: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def distribution(self) -> LabelDistribution | None:
+        """The distribution over the labels of a single-label task (else ``None``)."""
+        return self.distributions[0] if len(self.distributions) == 1 else None
 
-Method = Callable[[Backend, Task, str, bool], MethodResult]
+    @property
+    def per_label(self) -> dict[str, LabelDistribution] | None:
+        """Each label's (true, false) distribution, for a multilabel task (else ``None``)."""
+        if len(self.distributions) == 1:
+            return None
+        return dict(zip(self.names, self.distributions))
+
+    def with_distributions(self, distributions: Sequence[LabelDistribution]) -> MethodResult:
+        return MethodResult(tuple(distributions), self.names, self.reason, self.warnings,
+                            dict(self.info))
 
 
-def exact(backend: Backend, task: Task, text: str, want_reason: bool) -> MethodResult:
-    """Exact probability of every label by teacher forcing."""
-    messages = prompt.messages(task, text)
-    warnings: list[str] = []
-    chosen: str | tuple[str, ...]
-    per_label: dict[str, LabelDistribution] | None = None
-    dist_single: LabelDistribution | None = None
+Method = Callable[..., MethodResult]
+
+
+def _result(
+    task: Task,
+    dists: Sequence[LabelDistribution],
+    reason: str | None,
+    warnings: Sequence[str],
+    info: dict[str, Any],
+) -> MethodResult:
+    names = tuple(s.name for s in task.subtasks)
+    return MethodResult(tuple(dists), names, reason, tuple(warnings), info)
+
+
+def chosen_answer(task: Task, dists: Sequence[LabelDistribution]) -> str | tuple[str, ...]:
+    """The answer the distributions commit to: a label, or the labels that apply."""
     if task.kind == "multilabel":
-        answers: dict[str, bool] = {}
-        per_label = {}
-        for name in task.label_names:
-            # Each label is scored after the answers already fixed for earlier labels,
-            # the order in which the model itself writes them.
-            pre = prompt.answer_prefix(task, answers)
-            result = backend.score(messages, pre, prompt.continuations(task))
-            warnings.extend(w for w in result.warnings if w not in warnings)
-            dist = LabelDistribution.from_logprobs(BINARY, result.logprobs)
-            per_label[name] = dist
-            answers[name] = dist.label == "true"
-        chosen = tuple(name for name, yes in answers.items() if yes)
-    else:
-        result = backend.score(
-            messages,
-            prompt.answer_prefix(task),
-            prompt.continuations(task),
-            closer=prompt.closer(task),
-        )
-        warnings.extend(result.warnings)
-        dist_single = LabelDistribution.from_logprobs(task.label_names, result.logprobs)
-        chosen = dist_single.label
-    reason = None
-    if want_reason:
-        gen = backend.generate(
-            messages,
-            prefix=prompt.reason_prefix(task, chosen),
-            max_tokens=REASON_MAX_TOKENS,
-            stop=['"'],
-        )
-        reason = prompt.trim_reason(gen.text)
-    return MethodResult(
-        distribution=dist_single,
-        per_label=per_label,
-        reason=reason,
-        warnings=tuple(warnings),
-        info={"confidence_source": "logprobs"},
-    )
+        return tuple(s.name for s, d in zip(task.subtasks, dists) if d.label == "true")
+    return dists[0].label
 
 
-def _value_label(task: Task, value: Any) -> str:
-    if isinstance(value, bool):
-        name = "true" if value else "false"
-    elif isinstance(value, str):
-        name = value
-    else:
-        raise OffSchemaError(f"label value {value!r} is neither a string nor a boolean")
-    if name not in task.label_names:
-        raise OffSchemaError(f"model answered {name!r}, not one of the labels")
-    return name
+# -- exact ------------------------------------------------------------------------------
 
 
-def _first_token_probability(gen: Generation, path: list[str]) -> tuple[Any, float]:
-    span = locate_value(gen.text, path)
+def exact_batch(
+    backend: Backend,
+    task: Task,
+    texts: Sequence[str],
+    want_reason: bool,
+    options: MethodOptions | None = None,
+) -> list[MethodResult | BackendError]:
+    """Exact probability of every label by teacher forcing, for several texts at once.
+
+    Each subtask is one round of :meth:`~surelabel.backends.base.Backend.score_batch` over
+    all items, so a backend can evaluate several items (and all their labels) together. A
+    multilabel label is scored after the answers already fixed for the labels before it,
+    the order in which the model itself writes them. A text whose scoring fails gets its
+    error in its place.
+    """
+    del options
+    n = len(texts)
+    messages = [tuple(prompt.messages(task, t)) for t in texts]
+    dists: list[list[LabelDistribution]] = [[] for _ in range(n)]
+    earlier: list[dict[str, bool]] = [{} for _ in range(n)]
+    warnings: list[list[str]] = [[] for _ in range(n)]
+    errors: list[BackendError | None] = [None] * n
+    for sub in task.subtasks:
+        todo = [i for i in range(n) if errors[i] is None]
+        if not todo:
+            break
+        requests = []
+        for i in todo:
+            prefix, conts, closer = prompt.subtask_request(task, sub, earlier[i])
+            requests.append(ScoreRequest(messages[i], prefix, tuple(conts), closer))
+        for i, res in zip(todo, backend.score_batch(requests)):
+            if isinstance(res, BaseException):
+                if not isinstance(res, BackendError):
+                    raise res
+                errors[i] = res
+                continue
+            warnings[i].extend(w for w in res.warnings if w not in warnings[i])
+            dist = LabelDistribution.from_logprobs(sub.labels, res.logprobs)
+            dists[i].append(dist)
+            if task.kind == "multilabel":
+                earlier[i][sub.name] = dist.label == "true"
+    out: list[MethodResult | BackendError] = []
+    caps = backend.capabilities
+    for i in range(n):
+        error = errors[i]
+        if error is not None:
+            out.append(error)
+            continue
+        reason = None
+        if want_reason and caps.assistant_prefix:
+            try:
+                gen = backend.generate(
+                    messages[i],
+                    prefix=prompt.reason_prefix(task, chosen_answer(task, dists[i])),
+                    max_tokens=REASON_MAX_TOKENS,
+                    stop=['"'],
+                )
+            except BackendError as exc:
+                out.append(exc)
+                continue
+            reason = prompt.trim_reason(gen.text)
+        elif want_reason:
+            warnings[i].append("no reason: the backend cannot continue a started answer")
+        out.append(_result(task, dists[i], reason, warnings[i],
+                           {"confidence_source": "logprobs"}))
+    return out
+
+
+def exact(
+    backend: Backend, task: Task, text: str, want_reason: bool,
+    options: MethodOptions | None = None,
+) -> MethodResult:
+    """Exact probability of every label of one text by teacher forcing."""
+    return _one(exact_batch(backend, task, [text], want_reason, options)[0])
+
+
+def _one(result: MethodResult | BackendError) -> MethodResult:
+    if isinstance(result, BackendError):
+        raise result
+    return result
+
+
+# -- seed and topk: read a generated answer ---------------------------------------------
+
+
+def _first_token_probability(gen: Generation, path: Sequence[str]) -> tuple[Any, float]:
+    span = locate_value(gen.text, list(path))
     span = map_to_tokens(span, gen.text, [t.token for t in gen.tokens])
     return span.value, math.exp(gen.tokens[span.first_token].logprob)
 
 
-def seed(backend: Backend, task: Task, text: str, want_reason: bool) -> MethodResult:
-    """The source technique: exp(logprob) of the first token of the generated label value."""
-    gen = backend.generate(
-        prompt.messages(task, text),
-        schema=_answer_schema(task, want_reason),
-        max_tokens=SEED_MAX_TOKENS,
-        top_logprobs=1,
-    )
-    if not gen.tokens:
-        raise MissingLogprobsError("the backend returned no token logprobs")
-    warnings = tuple(gen.info.get("warnings", ()))
-    reason = _reason(gen.text, want_reason)
-    info = {"confidence_source": "logprobs", "usage": gen.usage}
-    if task.kind == "multilabel":
-        per_label = {}
-        for name in task.label_names:
-            value, p = _first_token_probability(gen, [task.field, name])
-            if not isinstance(value, bool):
-                raise OffSchemaError(f"label {name!r} is not answered with true/false")
-            p_true = p if value else 1.0 - p
-            per_label[name] = LabelDistribution(
-                BINARY, (p_true, 1.0 - p_true), chosen="true" if value else "false"
-            )
-        return MethodResult(per_label=per_label, reason=reason, warnings=warnings, info=info)
-    value, p = _first_token_probability(gen, [task.field])
-    chosen = _value_label(task, value)
-    rest = (1.0 - p) / (len(task.labels) - 1)
-    probs = tuple(p if name == chosen else rest for name in task.label_names)
-    dist = LabelDistribution(task.label_names, probs, chosen=chosen)
-    return MethodResult(distribution=dist, reason=reason, warnings=warnings, info=info)
-
-
-def _answer_schema(task: Task, want_reason: bool) -> dict[str, Any]:
+def _answer_schema(task: Task, want_reason: bool, caps: Capabilities) -> dict[str, Any] | None:
+    """The JSON schema to constrain generation with; ``None`` when the backend cannot (the
+    prompt still describes the format)."""
+    if not caps.json_schema:
+        return None
     schema = prompt.json_schema(task)
     if not want_reason:
         schema["properties"].pop("reason", None)
@@ -179,64 +240,110 @@ def _reason(text: str, want_reason: bool) -> str | None:
     return prompt.trim_reason(reason) if isinstance(reason, str) else None
 
 
-def topk(backend: Backend, task: Task, text: str, want_reason: bool) -> MethodResult:
+def _label_of(sub: Subtask, value: Any, many: bool) -> str:
+    label = sub.label_of(value)
+    if label is None:
+        where = f"label {sub.name!r}: " if many else ""
+        raise OffSchemaError(f"{where}model answered {value!r}, not one of "
+                             f"{', '.join(sub.labels)}")
+    return label
+
+
+def seed(
+    backend: Backend, task: Task, text: str, want_reason: bool,
+    options: MethodOptions | None = None,
+) -> MethodResult:
+    """The source technique: exp(logprob) of the first token of the generated label value."""
+    del options
+    gen = backend.generate(
+        prompt.messages(task, text),
+        schema=_answer_schema(task, want_reason, backend.capabilities),
+        max_tokens=SEED_MAX_TOKENS,
+        top_logprobs=1,
+    )
+    if not gen.tokens:
+        raise MissingLogprobsError("the backend returned no token logprobs")
+    many = len(task.subtasks) > 1
+    dists = []
+    for sub in task.subtasks:
+        value, p = _first_token_probability(gen, sub.path)
+        chosen = _label_of(sub, value, many)
+        rest = (1.0 - p) / (len(sub.labels) - 1)
+        probs = tuple(p if name == chosen else rest for name in sub.labels)
+        dists.append(LabelDistribution(sub.labels, probs, chosen=chosen))
+    info = {"confidence_source": "logprobs", "usage": gen.usage}
+    return _result(task, dists, _reason(gen.text, want_reason),
+                   tuple(gen.info.get("warnings", ())), info)
+
+
+def topk(
+    backend: Backend, task: Task, text: str, want_reason: bool,
+    options: MethodOptions | None = None,
+) -> MethodResult:
     """Every label's probability from the top-k alternatives of one generated answer."""
-    from surelabel import topk as reader
+    from surelabel import top_logprobs as reader
 
     caps = backend.capabilities
     gen = backend.generate(
         prompt.messages(task, text),
-        schema=_answer_schema(task, want_reason),
+        schema=_answer_schema(task, want_reason, caps),
         max_tokens=SEED_MAX_TOKENS,
         top_logprobs=caps.max_top_logprobs,
     )
     if not gen.tokens and caps.sampling:
-        result = sampling(backend, task, text, want_reason)
+        result = sampling(backend, task, text, want_reason, options)
         note = "the server returned no logprobs; used sampling"
-        return MethodResult(
-            result.distribution, result.per_label, result.reason,
-            (note, *result.warnings), result.info,
-        )
+        return MethodResult(result.distributions, result.names, result.reason,
+                            (note, *result.warnings), result.info)
     info: dict[str, Any] = {
         "confidence_source": "logprobs",
         "response_format": gen.info.get("response_format"),
         "usage": gen.usage,
     }
     warnings = list(gen.info.get("warnings", ()))
-    if task.kind == "multilabel":
-        per_label = {}
-        for name in task.label_names:
-            r = reader.read_value(gen, [task.field, name], {"true": True, "false": False})
-            per_label[name] = r.distribution
-            warnings.extend(f"{name}: {w}" for w in r.warnings)
-        return MethodResult(per_label=per_label, reason=_reason(gen.text, want_reason),
-                            warnings=tuple(warnings), info=info)
-    values = {name: prompt.label_value(task, name) for name in task.label_names}
-    r = reader.read_value(gen, [task.field], values)
-    warnings.extend(r.warnings)
-    if r.value not in values.values() and r.value not in values:
-        warnings.append(f"model answered {r.value!r}, not a label; distribution from top-k")
-    info["chosen_logprob"] = round(r.chosen_logprob, 6)
-    if r.bounded:
-        info["upper_bound_labels"] = list(r.bounded)
-    return MethodResult(distribution=r.distribution, reason=_reason(gen.text, want_reason),
-                        warnings=tuple(warnings), info=info)
+    many = len(task.subtasks) > 1
+    dists = []
+    for sub in task.subtasks:
+        r = reader.read_value(gen, list(sub.path), dict(zip(sub.labels, sub.values)))
+        dists.append(r.distribution)
+        where = f"{sub.name}: " if many else ""
+        warnings.extend(where + w for w in r.warnings)
+        if sub.label_of(r.value) is None:
+            warnings.append(f"{where}model answered {r.value!r}, not a label; "
+                            "distribution from top-k")
+        if not many:
+            info["chosen_logprob"] = round(r.chosen_logprob, 6)
+            if r.bounded:
+                info["upper_bound_labels"] = list(r.bounded)
+    return _result(task, dists, _reason(gen.text, want_reason), warnings, info)
 
 
-def sampling(backend: Backend, task: Task, text: str, want_reason: bool) -> MethodResult:
-    """Self-consistency: vote shares of ``n`` sampled answers, add-one smoothed.
+# -- sampling ---------------------------------------------------------------------------
 
-    ``n`` and the temperature come from the backend's ``samples`` and
-    ``sampling_temperature`` attributes when it has them (default 5 at 0.7). Answers that
-    are not valid JSON or name no label count for no label; ``label_mass`` is the share of
-    answers that named one.
+
+def _at(answer: Any, path: Sequence[str]) -> Any:
+    for key in path:
+        if not isinstance(answer, dict):
+            return None
+        answer = answer.get(key)
+    return answer
+
+
+def sampling(
+    backend: Backend, task: Task, text: str, want_reason: bool,
+    options: MethodOptions | None = None,
+) -> MethodResult:
+    """Self-consistency: vote shares of ``options.samples`` sampled answers, add-one smoothed.
+
+    Answers that are not valid JSON or name no label count for no label; ``label_mass`` is
+    the share of answers that named one.
     """
-    n = int(getattr(backend, "samples", SAMPLES))
-    temperature = float(getattr(backend, "sampling_temperature", SAMPLING_TEMPERATURE))
-    sample = backend.sample  # type: ignore[attr-defined]
-    gens: list[Generation] = sample(
-        prompt.messages(task, text), n=n, temperature=temperature,
-        schema=_answer_schema(task, want_reason), max_tokens=SEED_MAX_TOKENS,
+    opts = options or DEFAULT_OPTIONS
+    n = opts.samples
+    gens = backend.sample(
+        prompt.messages(task, text), n=n, temperature=opts.sampling_temperature,
+        schema=_answer_schema(task, want_reason, backend.capabilities),
+        max_tokens=SEED_MAX_TOKENS,
     )
     usage: dict[str, int] = {}
     for g in gens:
@@ -248,51 +355,39 @@ def sampling(backend: Backend, task: Task, text: str, want_reason: bool) -> Meth
         "response_format": gens[0].info.get("response_format") if gens else None,
         "usage": usage,
     }
-    answers: list[dict[str, Any]] = []
+    answers: list[Any] = []
     for g in gens:
         try:
             parsed = json.loads(g.text)
         except json.JSONDecodeError:
-            continue
-        if isinstance(parsed, dict):
-            answers.append(parsed)
-
-    def share(labels: tuple[str, ...], votes: list[str]) -> LabelDistribution:
-        counts = [votes.count(name) for name in labels]
-        probs = tuple((c + 1) / (len(votes) + len(labels)) for c in counts)
-        return LabelDistribution(labels, probs, label_mass=len(votes) / n if n else None)
-
+            parsed = None
+        answers.append(parsed if isinstance(parsed, dict) else None)
+    valid = sum(a is not None for a in answers)
+    dists = []
+    picks: list[list[str | None]] = []
+    for sub in task.subtasks:
+        votes = [None if a is None else sub.label_of(_at(a, sub.path)) for a in answers]
+        picks.append(votes)
+        named = [v for v in votes if v is not None]
+        counts = [named.count(name) for name in sub.labels]
+        probs = tuple((c + 1) / (len(named) + len(sub.labels)) for c in counts)
+        dists.append(LabelDistribution(sub.labels, probs,
+                                       label_mass=len(named) / n if n else None))
     warnings: tuple[str, ...] = ()
-    if len(answers) < n:
-        warnings = (f"{n - len(answers)} of {n} samples were not valid JSON",)
-    if task.kind == "multilabel":
-        per_label = {}
-        for name in task.label_names:
-            votes = []
-            for a in answers:
-                value = a.get(task.field, {})
-                if isinstance(value, dict) and isinstance(value.get(name), bool):
-                    votes.append("true" if value[name] else "false")
-            per_label[name] = share(BINARY, votes)
-        reason = next((_reason(g.text, want_reason) for g in gens), None)
-        return MethodResult(per_label=per_label, reason=reason, warnings=warnings, info=info)
-    votes = []
-    for a in answers:
-        try:
-            votes.append(_value_label(task, a.get(task.field)))
-        except OffSchemaError:
-            continue
-    dist = share(task.label_names, votes)
+    if valid < n:
+        warnings = (f"{n - valid} of {n} samples were not valid JSON",)
+    # The reason of the first sample that agrees with the chosen answer on every subtask.
     reason = None
-    for g in gens:
-        try:
-            if _value_label(task, json.loads(g.text).get(task.field)) == dist.label:
-                reason = _reason(g.text, want_reason)
-                break
-        except (OffSchemaError, json.JSONDecodeError, AttributeError):
-            continue
-    return MethodResult(distribution=dist, reason=reason, warnings=warnings, info=info)
+    for j, g in enumerate(gens):
+        if all(picks[s][j] == d.label for s, d in enumerate(dists)):
+            reason = _reason(g.text, want_reason)
+            break
+    if reason is None and len(dists) > 1:
+        reason = next((r for g in gens if (r := _reason(g.text, want_reason))), None)
+    return _result(task, dists, reason, warnings, info)
 
+
+# -- the registry -----------------------------------------------------------------------
 
 METHODS: dict[str, Method] = {"exact": exact, "seed": seed, "topk": topk, "sampling": sampling}
 # What each method needs from a backend.
@@ -302,12 +397,15 @@ REQUIRES: dict[str, Callable[[Capabilities], bool]] = {
     "topk": lambda c: c.logprobs,
     "sampling": lambda c: c.sampling,
 }
+#: ``auto`` takes the first of these the backend supports: the full distribution where the
+#: model can be teacher-forced, else what an API's top-k or samples allow.
+AUTO_ORDER = ("exact", "topk", "sampling")
 
 
 def resolve(name: str, capabilities: Capabilities) -> str:
     """Pick the method for ``auto``, or check that the named one fits the backend."""
     if name == "auto":
-        for candidate in ("exact", "topk", "sampling"):
+        for candidate in AUTO_ORDER:
             if REQUIRES[candidate](capabilities):
                 return candidate
         raise UnsupportedMethodError("no confidence method fits this backend")
@@ -318,3 +416,52 @@ def resolve(name: str, capabilities: Capabilities) -> str:
     if not REQUIRES[name](capabilities):
         raise UnsupportedMethodError(f"method {name!r} is not supported by this backend")
     return name
+
+
+def full_distribution_method(capabilities: Capabilities) -> str:
+    """The best method that measures every label (exact, else topk, else sampling): what
+    evaluation and calibration fit on."""
+    return resolve("auto", capabilities)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a classifier runs a method on a backend.
+
+    ``workers``: items in flight at once (an API's declared concurrency; 1 for a local
+    model, which batches items into one evaluation instead, see :func:`run_batch`).
+    """
+
+    method: str
+    workers: int
+
+
+def plan(name: str, capabilities: Capabilities) -> Plan:
+    """The method (as :func:`resolve`) and the parallelism the backend declares."""
+    method = resolve(name, capabilities)
+    return Plan(method, max(1, capabilities.concurrency))
+
+
+def run_batch(
+    method: str,
+    backend: Backend,
+    task: Task,
+    texts: Sequence[str],
+    want_reason: bool,
+    options: MethodOptions | None = None,
+) -> list[MethodResult | BackendError]:
+    """Run a method on several texts; a text whose method fails gets its error in place.
+
+    ``exact`` scores the texts together (:func:`exact_batch`); the others go one text at a
+    time (an API's parallelism comes from the caller's workers).
+    """
+    if method == "exact":
+        return exact_batch(backend, task, texts, want_reason, options)
+    fn = METHODS[method]
+    out: list[MethodResult | BackendError] = []
+    for text in texts:
+        try:
+            out.append(fn(backend, task, text, want_reason, options))
+        except BackendError as exc:
+            out.append(exc)
+    return out

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from surelabel.task import Example, Task
+from surelabel.task import Example, Subtask, Task
 
 REASON_MAX_WORDS = 10
 
@@ -111,10 +111,26 @@ def answer_prefix(task: Task, chosen: Mapping[str, bool] | None = None) -> str:
     """
     if task.kind != "multilabel":
         return f'{{"{task.field}":'
-    parts = [f'"{name}": {json.dumps(value)}' for name, value in (chosen or {}).items()]
-    nxt = task.label_names[len(parts)]
-    parts.append(f'"{nxt}":')
+    return _label_prefix(task, task.label_names[len(chosen or {})], chosen)
+
+
+def _label_prefix(task: Task, label: str, earlier: Mapping[str, bool] | None) -> str:
+    parts = [f'"{name}": {json.dumps(value)}' for name, value in (earlier or {}).items()]
+    parts.append(f'"{label}":')
     return f'{{"{task.field}": {{' + ", ".join(parts)
+
+
+def subtask_request(
+    task: Task, subtask: Subtask, earlier: Mapping[str, bool] | None = None
+) -> tuple[str, list[str], str]:
+    """What scores one subtask: the answer prefix, the continuations, the closer.
+
+    For a multilabel label, ``earlier`` holds the answers already fixed for the labels the
+    answer lists before it; the prefix writes them, then the label's key.
+    """
+    if task.kind != "multilabel":
+        return answer_prefix(task), continuations(task), closer(task)
+    return _label_prefix(task, subtask.name, earlier), continuations(task), closer(task)
 
 
 def continuations(task: Task) -> list[str]:

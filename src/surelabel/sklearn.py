@@ -19,9 +19,11 @@ from sklearn.base import BaseEstimator, ClassifierMixin  # type: ignore[import-u
 
 from surelabel import methods
 from surelabel.backends.base import Backend
+from surelabel.backends.registry import BackendSpec, build_backend
 from surelabel.calibration import Calibration, fit_calibration, label_indices
 from surelabel.calibration.base import softmax
 from surelabel.errors import NotFittedError
+from surelabel.evaluate import text_logprobs
 from surelabel.task import Task
 
 __all__ = ["LLMClassifier"]
@@ -45,9 +47,9 @@ class LLMClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     task:
         The :class:`~surelabel.task.Task` (binary or multiclass).
     backend:
-        A backend instance, or a backend name for :func:`surelabel.backends.make_backend`
-        (default ``"llamacpp"``, the embedded model). An instance is shared, not copied,
-        when scikit-learn clones the estimator.
+        A :class:`~surelabel.backends.registry.BackendSpec` or backend name (default
+        ``"llamacpp"``, the embedded model), built on first use; or a backend instance,
+        shared, not copied, when scikit-learn clones the estimator.
     method:
         Confidence method (``exact`` by default; ``auto`` picks from the backend).
     calibration:
@@ -67,7 +69,7 @@ class LLMClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     def __init__(
         self,
         task: Task | None = None,
-        backend: Backend | str = "llamacpp",
+        backend: Backend | BackendSpec | str = "llamacpp",
         method: str = "exact",
         calibration: str | None = "auto",
         folds: int = 5,
@@ -91,12 +93,10 @@ class LLMClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         return cache
 
     def _backend(self) -> Backend:
-        if isinstance(self.backend, str):
-            from surelabel.backends import make_backend
-
+        if isinstance(self.backend, (str, BackendSpec)):
             shared = self.__dict__.get("_backend_instance")
             if shared is None:
-                shared = self.__dict__["_backend_instance"] = make_backend(self.backend)
+                shared = self.__dict__["_backend_instance"] = build_backend(self.backend)
             return shared
         return self.backend
 
@@ -118,13 +118,7 @@ class LLMClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         for text in texts:
             key = (fingerprint, name, text)
             if key not in cache:
-                result = methods.METHODS[name](backend, task, text, False)
-                assert result.distribution is not None
-                dist = result.distribution
-                lps = dist.logprobs
-                cache[key] = (np.array(lps, dtype=np.float64)
-                              if lps is not None and None not in lps
-                              else np.log(np.clip(dist.probabilities, 1e-300, None)))
+                cache[key] = text_logprobs(backend, task, text, name)
             rows.append(cache[key])
         return np.stack(rows)
 

@@ -42,6 +42,48 @@ class Label:
     description: str = ""
 
 
+#: The two answers of every yes/no decision (a binary task with JSON booleans, and each
+#: label of a multilabel task), in the order their probabilities are given.
+YES_NO: tuple[str, str] = ("true", "false")
+
+
+@dataclasses.dataclass(frozen=True)
+class Subtask:
+    """One decision the model makes per item.
+
+    A binary or multiclass task is one subtask over its labels; a multilabel task is one
+    yes/no subtask per label ("does it apply?"). The methods, the classifier, calibration
+    and evaluation all work on subtasks, so a multilabel task is not a second code path.
+
+    Attributes
+    ----------
+    name:
+        The task's answer field, or for a multilabel task the label's name.
+    labels:
+        The subtask's answers: the task's labels, or :data:`YES_NO`.
+    path:
+        Where the subtask's value sits in the answer JSON (``("type",)``,
+        ``("emotions", "joy")``).
+    values:
+        The JSON value that stands for each answer (``"fruit"``, ``True``).
+    """
+
+    name: str
+    labels: tuple[str, ...]
+    path: tuple[str, ...]
+    values: tuple[Any, ...]
+
+    def label_of(self, value: Any) -> str | None:
+        """The answer a JSON value stands for; ``None`` when it is none of them."""
+        for label, v in zip(self.labels, self.values):
+            if type(v) is type(value) and v == value:
+                return label
+        # A string answer for a boolean ("true") still names it.
+        if isinstance(value, str) and value in self.labels:
+            return value
+        return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Thresholds:
     """Confidence cut-offs for the decision.
@@ -110,6 +152,19 @@ class Task:
     examples: tuple[Example, ...] = ()
 
     def __post_init__(self) -> None:
+        # Labels and examples may be given as plain data: ("positive", "negative").
+        if isinstance(self.labels, (str, bytes)) or not isinstance(self.labels, Sequence):
+            raise TaskError("labels: expected a sequence of label names or Label objects")
+        object.__setattr__(self, "labels", tuple(
+            label if isinstance(label, Label) else Label(_label_name(label, f"labels[{i}]"))
+            for i, label in enumerate(self.labels)
+        ))
+        if isinstance(self.thresholds, Mapping):
+            object.__setattr__(self, "thresholds", _parse_thresholds(self.thresholds))
+        object.__setattr__(self, "examples", tuple(
+            ex if isinstance(ex, Example) else _parse_examples([ex], self.kind)[0]
+            for ex in self.examples
+        ))
         if not isinstance(self.name, str) or not self.name.strip():
             raise TaskError("name: must be a non-empty string")
         if not isinstance(self.instructions, str) or not self.instructions.strip():
@@ -157,6 +212,17 @@ class Task:
     def boolean(self) -> bool:
         """True when the answer is a JSON boolean (binary task with labels true/false)."""
         return self.kind == "binary" and set(self.label_names) == {"true", "false"}
+
+    @property
+    def subtasks(self) -> tuple[Subtask, ...]:
+        """The decisions made per item: one, or one yes/no per label (multilabel)."""
+        if self.kind == "multilabel":
+            return tuple(
+                Subtask(name, YES_NO, (self.field, name), (True, False))
+                for name in self.label_names
+            )
+        values = tuple((name == "true") if self.boolean else name for name in self.label_names)
+        return (Subtask(self.field, self.label_names, (self.field,), values),)
 
     def fingerprint(self) -> str:
         """A short hash of everything that changes the prompt or the label set."""

@@ -7,19 +7,32 @@ A backend turns chat messages into token log-probabilities. It declares its
 - ``exact_scoring``: the backend can score any continuation by teacher forcing
   (:meth:`Backend.score`); every label's probability is then exact.
 - ``max_top_logprobs``: how many alternatives per generated token it reports (0: none).
-- ``assistant_prefix``: generation can continue a given start of the assistant's answer.
-- ``json_schema``: generation can be constrained to a JSON schema.
-- ``sampling``: the backend can draw samples at a temperature (``sample(messages, n=,
-  temperature=, schema=, max_tokens=)``), for self-consistency where logprobs are missing.
+- ``assistant_prefix``: generation can continue a given start of the assistant's answer
+  (the exact method generates its reason that way, after the chosen label).
+- ``json_schema``: generation can be constrained to a JSON schema; without it the schema is
+  only described in the prompt.
+- ``sampling``: the backend can draw samples at a temperature (:meth:`Backend.sample`), for
+  self-consistency where logprobs are missing.
+- ``concurrency``: how many requests are worth running at once (an API's connection
+  limit); 1 for a local model that evaluates one thing at a time.
+
+Every operation is in the :class:`Backend` protocol; one a backend cannot do raises
+:class:`~surelabel.errors.UnsupportedMethodError`. :class:`BaseBackend` gives those
+defaults, a batch ``score_batch`` that loops over ``score``, and pickling through the
+backend's :class:`~surelabel.backends.registry.BackendSpec`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
+from surelabel.errors import UnsupportedMethodError
 from surelabel.prompt import Message
+
+if TYPE_CHECKING:
+    from surelabel.backends.registry import BackendSpec
 
 #: Self-consistency defaults (``--method sampling``): answers per item and their temperature.
 SAMPLES = 5
@@ -33,6 +46,7 @@ class Capabilities:
     assistant_prefix: bool = False
     json_schema: bool = False
     sampling: bool = False
+    concurrency: int = 1
 
     @property
     def logprobs(self) -> bool:
@@ -64,6 +78,17 @@ class Generation:
 
 
 @dataclass(frozen=True)
+class ScoreRequest:
+    """One teacher-forcing request: ``log P(continuation + closer | messages, prefix)`` for
+    every continuation (see :meth:`Backend.score`)."""
+
+    messages: tuple[Message, ...]
+    prefix: str
+    continuations: tuple[str, ...]
+    closer: str = ""
+
+
+@dataclass(frozen=True)
 class ScoreResult:
     """Log-probabilities of continuations given the same context."""
 
@@ -82,6 +107,11 @@ class Backend(Protocol):
     @property
     def model_name(self) -> str: ...
 
+    @property
+    def spec(self) -> BackendSpec | None:
+        """How to build this backend again (in another process); ``None`` if it cannot be."""
+        ...
+
     def score(
         self,
         messages: Sequence[Message],
@@ -91,6 +121,11 @@ class Backend(Protocol):
         closer: str = "",
     ) -> ScoreResult:
         """Exact ``log P(continuation, closer | messages, answer starts with prefix)``."""
+        ...
+
+    def score_batch(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult | Exception]:
+        """:meth:`score` for several requests at once, in order; a request that fails gives
+        its exception in its place (the others still count)."""
         ...
 
     def generate(
@@ -105,3 +140,117 @@ class Backend(Protocol):
     ) -> Generation:
         """Greedy (temperature 0) generation of the assistant's answer."""
         ...
+
+    def sample(
+        self,
+        messages: Sequence[Message],
+        *,
+        n: int,
+        temperature: float = SAMPLING_TEMPERATURE,
+        schema: dict[str, Any] | None = None,
+        max_tokens: int = 64,
+    ) -> list[Generation]:
+        """``n`` answers drawn at ``temperature``."""
+        ...
+
+    def close(self) -> None:
+        """Free what the backend holds (model, connections). Safe to call twice."""
+        ...
+
+
+class BaseBackend:
+    """Defaults for the optional parts of :class:`Backend`.
+
+    A subclass sets :attr:`name` (its registry name) and calls :meth:`_remember` with the
+    options it was built from, so the backend has a :attr:`spec` and pickles as that spec
+    (the model is loaded again on the other side).
+    """
+
+    #: The name this backend is registered under (entry-point group ``surelabel.backends``).
+    name: ClassVar[str] = ""
+    _spec: BackendSpec | None = None
+
+    def _remember(self, **options: Any) -> None:
+        """Record the options this backend was built from (``None`` values are dropped)."""
+        from surelabel.backends.registry import BackendSpec
+
+        try:
+            self._spec = BackendSpec(self.name, options)
+        except (TypeError, ValueError):
+            self._spec = None  # built from a live object (a client, a callable): not portable
+
+    @property
+    def spec(self) -> BackendSpec | None:
+        return self._spec
+
+    def score(
+        self,
+        messages: Sequence[Message],
+        prefix: str,
+        continuations: Sequence[str],
+        *,
+        closer: str = "",
+    ) -> ScoreResult:
+        raise UnsupportedMethodError(
+            f"the {self.name or type(self).__name__} backend cannot score given answers "
+            "(no exact scoring); use --method topk or sampling"
+        )
+
+    def score_batch(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult | Exception]:
+        from surelabel.errors import BackendError
+
+        out: list[ScoreResult | Exception] = []
+        for r in requests:
+            try:
+                out.append(self.score(r.messages, r.prefix, r.continuations, closer=r.closer))
+            except BackendError as exc:
+                out.append(exc)
+        return out
+
+    def generate(
+        self,
+        messages: Sequence[Message],
+        *,
+        prefix: str = "",
+        schema: dict[str, Any] | None = None,
+        max_tokens: int = 64,
+        stop: Sequence[str] = (),
+        top_logprobs: int = 0,
+    ) -> Generation:
+        raise UnsupportedMethodError(
+            f"the {self.name or type(self).__name__} backend cannot generate text"
+        )
+
+    def sample(
+        self,
+        messages: Sequence[Message],
+        *,
+        n: int,
+        temperature: float = SAMPLING_TEMPERATURE,
+        schema: dict[str, Any] | None = None,
+        max_tokens: int = 64,
+    ) -> list[Generation]:
+        raise UnsupportedMethodError(
+            f"the {self.name or type(self).__name__} backend cannot sample answers; "
+            "use another --method"
+        )
+
+    def close(self) -> None:
+        return None
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> Any:
+        spec = self.spec
+        if spec is None:
+            raise TypeError(
+                f"this {type(self).__name__} cannot be pickled: it was built from live objects "
+                "(a client or callable), not from plain options; build it from a BackendSpec"
+            )
+        from surelabel.backends.registry import build_backend
+
+        return (build_backend, (spec,))

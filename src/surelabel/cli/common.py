@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 from typing import Any
 
-from surelabel.backends import BACKENDS, Backend, make_backend
+from surelabel.backends import Backend
 from surelabel.backends.base import SAMPLES, SAMPLING_TEMPERATURE
+from surelabel.backends.registry import BackendSpec, backend_factory, build_backend, parse_value
 from surelabel.errors import UserError
+from surelabel.methods import MethodOptions
 from surelabel.task import Task, Thresholds, load_task
 
 
@@ -18,30 +21,38 @@ def add_task_args(parser: argparse.ArgumentParser) -> None:
 
 def add_backend_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--backend", choices=BACKENDS, default="llamacpp",
-                       help="where the model runs (default: llamacpp, the embedded model)")
+    group.add_argument(
+        "--backend", default="llamacpp", metavar="NAME[:OPTIONS]",
+        help="where the model runs: a backend registered in the surelabel.backends "
+             "entry-point group (built in: llamacpp, the embedded model; openai; fake, for "
+             "tests), optionally with options, e.g. 'llamacpp:n_batch=256' or "
+             "'openai:{\"max_retries\": 2}' (default: llamacpp)")
     group.add_argument("--model", metavar="PATH",
                        help="GGUF file for llamacpp (default: embedded SmolLM2-135M-Instruct); "
                             "model name for openai (default: the first the server lists)")
-    group.add_argument("--n-ctx", type=int, default=2048, metavar="N",
-                       help="context window in tokens (default: 2048)")
+    group.add_argument("--n-ctx", type=int, default=None, metavar="N",
+                       help="context window in tokens (llamacpp default: 2048)")
     group.add_argument("--threads", type=int, default=None, metavar="N",
-                       help="CPU threads (default: half the cores, at least 1)")
+                       help="CPU threads (llamacpp default: half the cores, at least 1)")
+    group.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other option of the backend (a JSON value or a string); "
+                            "repeatable")
     api = parser.add_argument_group("OpenAI-compatible API (--backend openai)")
     api.add_argument("--base-url", metavar="URL",
-                     help="API base URL, e.g. http://127.0.0.1:8080/v1 (default: OpenAI)")
-    api.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), metavar="KEY",
-                     help="API key (default: $OPENAI_API_KEY)")
+                     help="API base URL, e.g. http://127.0.0.1:8080/v1 (default: "
+                          "$OPENAI_BASE_URL, else OpenAI's)")
+    api.add_argument("--api-key", default=None, metavar="KEY",
+                     help="API key (default: $OPENAI_API_KEY; a non-OpenAI base URL needs none)")
     api.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
                      help="extra HTTP header, repeatable (Azure api-key, proxies)")
-    api.add_argument("--concurrency", type=int, default=8, metavar="N",
+    api.add_argument("--concurrency", type=int, default=None, metavar="N",
                      help="requests in flight at most (default: 8)")
     api.add_argument("--max-rpm", type=int, metavar="N", help="cap on requests per minute")
     api.add_argument("--max-tpm", type=int, metavar="N", help="cap on tokens per minute")
-    api.add_argument("--top-logprobs", type=int, default=20, metavar="K",
+    api.add_argument("--top-logprobs", type=int, default=None, metavar="K",
                      help="alternatives per token to request (default: 20, OpenAI's maximum; "
                           "0: the server gives no logprobs, use sampling)")
-    api.add_argument("--timeout", type=float, default=60.0, metavar="S",
+    api.add_argument("--timeout", type=float, default=None, metavar="S",
                      help="seconds before a request is abandoned and retried (default: 60)")
     api.add_argument("--samples", type=int, default=SAMPLES, metavar="N",
                      help=f"answers drawn per item by --method sampling (default: {SAMPLES})")
@@ -50,6 +61,77 @@ def add_backend_args(parser: argparse.ArgumentParser) -> None:
                                        f"(default: {SAMPLING_TEMPERATURE})")
     api.add_argument("--no-cache", action="store_true",
                      help="do not read or write the response cache ($SURELABEL_CACHE_DIR)")
+
+
+#: Command-line flag -> backend option, for the flags that map onto backend options.
+BACKEND_FLAGS: dict[str, str] = {
+    "model": "model",
+    "n_ctx": "n_ctx",
+    "threads": "n_threads",
+    "base_url": "base_url",
+    "api_key": "api_key",
+    "concurrency": "concurrency",
+    "max_rpm": "max_rpm",
+    "max_tpm": "max_tpm",
+    "top_logprobs": "top_logprobs",
+    "timeout": "timeout",
+}
+
+
+def _accepts(factory: Any, option: str) -> bool:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return True
+    return option in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def backend_spec_from(args: argparse.Namespace) -> BackendSpec:
+    """The backend spec the flags ask for: ``--backend NAME[:OPTIONS]``, the flags that
+    name backend options (refused, in one line, where the backend has no such option) and
+    ``--backend-option`` pairs."""
+    spec = BackendSpec.parse(args.backend)
+    factory = backend_factory(spec.name)
+    given: dict[str, Any] = {}
+    for flag, option in BACKEND_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            given[option] = value
+    if args.header:
+        given["headers"] = _headers(args.header)
+    for item in args.backend_option:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise UserError(f"--backend-option {item!r}: expected KEY=VALUE")
+        given[key.strip()] = parse_value(value.strip())
+    for option in given:
+        if not _accepts(factory, option):
+            flags = [f for f, o in BACKEND_FLAGS.items() if o == option]
+            what = f"--{flags[0].replace('_', '-')}" if flags else f"option {option!r}"
+            raise UserError(f"{what} does not apply to the {spec.name} backend")
+    # The response cache is on by default where a backend has one.
+    if _accepts(factory, "cache") and "cache" not in spec.options:
+        given.setdefault("cache", not args.no_cache)
+    return spec.with_options(**given)
+
+
+def backend_from(args: argparse.Namespace) -> Backend:
+    """Build the backend the flags ask for (see :func:`backend_spec_from`)."""
+    return build_backend(backend_spec_from(args))
+
+
+def method_options_from(args: argparse.Namespace) -> MethodOptions:
+    return MethodOptions(samples=args.samples, sampling_temperature=args.sampling_temperature)
+
+
+def _headers(items: list[str]) -> dict[str, str]:
+    headers = {}
+    for item in items:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise UserError(f"--header {item!r}: expected NAME:VALUE")
+        headers[name.strip()] = value.strip()
+    return headers
 
 
 def add_threshold_args(parser: argparse.ArgumentParser) -> None:
@@ -68,40 +150,6 @@ def thresholds_from(args: argparse.Namespace, task: Task) -> Thresholds:
 
 def task_from(args: argparse.Namespace) -> Task:
     return load_task(args.task)
-
-
-def backend_from(args: argparse.Namespace) -> Backend:
-    options: dict[str, Any] = {}
-    if args.backend == "llamacpp":
-        options = {"model": args.model, "n_ctx": args.n_ctx, "n_threads": args.threads}
-    elif args.backend == "openai":
-        options = _openai_options(args)
-    return make_backend(args.backend, **options)
-
-
-def _openai_options(args: argparse.Namespace) -> dict[str, Any]:
-    from surelabel.cache import ResponseCache
-
-    headers = {}
-    for item in args.header:
-        name, sep, value = item.partition(":")
-        if not sep or not name.strip():
-            raise UserError(f"--header {item!r}: expected NAME:VALUE")
-        headers[name.strip()] = value.strip()
-    return {
-        "model": args.model,
-        "base_url": args.base_url,
-        "api_key": args.api_key,
-        "headers": headers,
-        "concurrency": args.concurrency,
-        "max_rpm": args.max_rpm,
-        "max_tpm": args.max_tpm,
-        "top_logprobs": args.top_logprobs,
-        "timeout": args.timeout,
-        "samples": args.samples,
-        "sampling_temperature": args.sampling_temperature,
-        "cache": None if args.no_cache else ResponseCache(),
-    }
 
 
 DEFAULT_DB = "sqlite:///surelabel.db"

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from surelabel.cli.common import add_backend_args, add_db_arg, backend_from
+from surelabel.cli.common import add_backend_args, add_db_arg, backend_from, method_options_from
 from surelabel.errors import UserError
 from surelabel.task import load_task
 
@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         secure_cookies=args.secure_cookies,
         method=args.method,
         reason=False if args.no_reason else None,
+        method_options=method_options_from(args),
         calibrations=_calibrations(args.calibration, {t.name: t for t in tasks},
                                    backend.model_name),
     )

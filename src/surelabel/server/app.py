@@ -94,7 +94,7 @@ def _classifiers(
             thresholds = calibrator.thresholds(thresholds)
         classifiers[task.name] = Classifier(
             task, backend, method=settings.method, reason=settings.reason,
-            thresholds=thresholds, calibrator=calibrator,
+            thresholds=thresholds, calibrator=calibrator, options=settings.method_options,
         )
         # As `surelabel classify --calibration`: refuse a file fitted on another method.
         if calibrator is not None and hasattr(calibrator, "check_method"):

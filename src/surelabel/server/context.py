@@ -14,6 +14,7 @@ from fastapi import Depends, Request
 
 from surelabel.backends.base import Backend
 from surelabel.classifier import Calibrator, Classifier
+from surelabel.methods import MethodOptions
 from surelabel.server.worker import WorkerPool
 from surelabel.store import Store
 
@@ -38,7 +39,7 @@ class Settings:
         Lifetime of a reviewer's login.
     secure_cookies:
         Mark cookies ``Secure`` (set it when served over HTTPS).
-    method, reason:
+    method, reason, method_options:
         Passed to :class:`~surelabel.classifier.Classifier`.
     calibrations:
         Per task name: ``(calibrator, version)``. The version is stored with every item.
@@ -55,6 +56,7 @@ class Settings:
     secure_cookies: bool = False
     method: str = "auto"
     reason: bool | None = None
+    method_options: MethodOptions | None = None
     retry_after_seconds: int = 2
     calibrations: Mapping[str, tuple[Calibrator, str]] = field(default_factory=dict)
 
