@@ -86,18 +86,19 @@ def classify_ordered(
     rows: Sequence[Row],
     workers: int | None = None,
     *,
-    batch_size: int = 1,
+    batch_size: int | None = None,
 ) -> Iterator[Record]:
     """Classify rows, yielding records in input order.
 
     ``workers`` items are in flight at once (default: the backend's declared concurrency,
     :attr:`Classifier.workers`); a bounded window of pending rows keeps memory flat on large
-    inputs. With one worker, rows go to the classifier ``batch_size`` at a time, so a local
-    model can evaluate several items together.
+    inputs. With one worker, rows go to the classifier ``batch_size`` at a time (default:
+    :attr:`Classifier.batch_size`, what the backend declares), so a local model can
+    evaluate several items together.
     """
     n_workers = classifier.workers if workers is None else workers
     if n_workers <= 1:
-        size = max(1, batch_size)
+        size = max(1, classifier.batch_size if batch_size is None else batch_size)
         for start in range(0, len(rows), size):
             chunk = rows[start : start + size]
             yield from classifier.classify_batch([(row.id, row.text) for row in chunk])

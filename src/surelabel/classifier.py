@@ -172,18 +172,26 @@ class Classifier:
     @property
     def method(self) -> str:
         """The confidence method in use (``auto`` resolved against the backend)."""
-        if self._plan is None:
-            self.backend  # noqa: B018 - builds and resolves
-        assert self._plan is not None
-        return self._plan.method
+        return self.plan.method
 
     @property
     def workers(self) -> int:
         """Items worth classifying at once (the backend's declared concurrency)."""
+        return self.plan.workers
+
+    @property
+    def batch_size(self) -> int:
+        """Items worth passing to :meth:`classify_batch` together (the backend's
+        ``batch_items`` for the exact method)."""
+        return self.plan.batch_size
+
+    @property
+    def plan(self) -> methods.Plan:
+        """How the method runs on this backend (:func:`surelabel.methods.plan`)."""
         if self._plan is None:
-            self.backend  # noqa: B018
+            self.backend  # noqa: B018 - builds and resolves
         assert self._plan is not None
-        return self._plan.workers
+        return self._plan
 
     def __getstate__(self) -> dict[str, Any]:
         if self.spec is None:

@@ -429,17 +429,21 @@ class Plan:
     """How a classifier runs a method on a backend.
 
     ``workers``: items in flight at once (an API's declared concurrency; 1 for a local
-    model, which batches items into one evaluation instead, see :func:`run_batch`).
+    model, which batches items into one evaluation instead, see :func:`run_batch`);
+    ``batch_size``: items per :func:`run_batch` call (the backend's ``batch_items`` for the
+    exact method, else 1).
     """
 
     method: str
     workers: int
+    batch_size: int = 1
 
 
 def plan(name: str, capabilities: Capabilities) -> Plan:
     """The method (as :func:`resolve`) and the parallelism the backend declares."""
     method = resolve(name, capabilities)
-    return Plan(method, max(1, capabilities.concurrency))
+    batch = max(1, capabilities.batch_items) if method == "exact" else 1
+    return Plan(method, max(1, capabilities.concurrency), batch)
 
 
 def run_batch(

@@ -15,6 +15,8 @@ A backend turns chat messages into token log-probabilities. It declares its
   self-consistency where logprobs are missing.
 - ``concurrency``: how many requests are worth running at once (an API's connection
   limit); 1 for a local model that evaluates one thing at a time.
+- ``batch_items``: how many items are worth sending to one :meth:`Backend.score_batch` call
+  (a local model that evaluates several items together); 1 when batching gains nothing.
 
 Every operation is in the :class:`Backend` protocol; one a backend cannot do raises
 :class:`~surelabel.errors.UnsupportedMethodError`. :class:`BaseBackend` gives those
@@ -47,6 +49,7 @@ class Capabilities:
     json_schema: bool = False
     sampling: bool = False
     concurrency: int = 1
+    batch_items: int = 1
 
     @property
     def logprobs(self) -> bool:
