@@ -4,6 +4,9 @@ The key is a SHA-256 of the endpoint, the model and the exact request body (cano
 sorted keys, no spaces), so any change to the prompt, the schema, the sampling settings or the
 seed is a different entry. Only successful responses are stored. SQLite in WAL mode allows
 several processes to share one file; one connection per thread keeps it thread-safe.
+
+A cache is known by its file: it opens the file on first use, and pickles as its path, so a
+backend holding one can be rebuilt in a worker process.
 """
 
 from __future__ import annotations
@@ -54,21 +57,29 @@ class ResponseCache:
     Parameters
     ----------
     path:
-        The database file; created with its folder when missing.
+        The database file (default: :func:`default_cache_path`); created with its folder
+        on first use.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path is not None else default_cache_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._connect().execute(_SCHEMA)
+
+    def __repr__(self) -> str:
+        return f"ResponseCache({str(self.path)!r})"
+
+    def __reduce__(self) -> tuple[type[ResponseCache], tuple[str]]:
+        # Connections belong to the threads that opened them; the other side opens its own.
+        return (ResponseCache, (str(self.path),))
 
     def _connect(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(_SCHEMA)
             self._local.conn = conn
         return conn
 
@@ -91,3 +102,19 @@ class ResponseCache:
     def __len__(self) -> int:
         row = self._connect().execute("SELECT COUNT(*) FROM responses").fetchone()
         return int(row[0])
+
+
+def open_cache(
+    option: ResponseCache | str | os.PathLike[str] | bool | None,
+) -> ResponseCache | None:
+    """The cache a backend option names: ``None``/``False`` none, ``True`` the default file,
+    a path that file, or a ready :class:`ResponseCache`."""
+    if option is None or option is False:
+        return None
+    if option is True:
+        return ResponseCache()
+    if isinstance(option, ResponseCache):
+        return option
+    if isinstance(option, (str, os.PathLike)):
+        return ResponseCache(option)
+    raise TypeError(f"cache: expected a path, True/False or a ResponseCache, got {option!r}")

@@ -5,15 +5,20 @@ reports the ``top_logprobs`` alternatives of each generated token; :mod:`surelab
 turns them into a label distribution. Where a server returns no logprobs, the ``sampling``
 method draws several answers at a temperature instead (:meth:`OpenAIBackend.sample`).
 
-Every request goes through one asyncio event loop on a private thread:
+What goes over the wire is built and read in :mod:`surelabel.backends._openai_wire`; this
+module is the transport. Every request goes through one asyncio event loop on a private
+thread (started on first use, so a backend rebuilt from its spec in a worker opens nothing
+until asked):
 
+- the openai SDK sends it and retries it: 408, 409, 429, 5xx, timeouts and dropped
+  connections, with exponential backoff and jitter, honouring ``Retry-After`` /
+  ``retry-after-ms`` and ``x-should-retry`` (``max_retries``);
 - a semaphore bounds the requests in flight (``concurrency``); callers in many threads
-  (the CLI's batch path) simply block on their own request;
-- retries with exponential backoff and jitter on 429, 5xx, timeouts and dropped
-  connections, honouring ``Retry-After``; 400/401/403/404 fail at once with a one-line
-  error naming the cause;
-- optional requests-per-minute and tokens-per-minute caps;
-- an optional persistent :class:`~surelabel.cache.ResponseCache`.
+  (the CLI's batch path) and asyncio callers (:meth:`OpenAIBackend.agenerate`) share it;
+- optional requests- and tokens-per-minute caps (:mod:`surelabel.backends._ratelimit`);
+- an optional persistent :class:`~surelabel.cache.ResponseCache`;
+- 400/401/403/404 fail with a one-line error naming the cause; an error that reaches the
+  caller says whether retrying later can help (``retryable``).
 
 Structured output: ``response_format`` ``json_schema`` (strict) first; a server that rejects
 it gets ``json_object`` with the schema attached (llama.cpp's extension), then plain
@@ -25,34 +30,46 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import email.utils
-import json
+import functools
 import os
-import random
 import threading
-import time
-from collections import deque
 from collections.abc import Coroutine, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
+from surelabel.backends._openai_wire import (
+    FORMATS,
+    estimate_tokens,
+    greedy_body,
+    is_format_rejection,
+    parse_response,
+    sample_bodies,
+    with_format,
+)
+from surelabel.backends._ratelimit import MinuteWindow, RateLimiter
 from surelabel.backends.base import (
     SAMPLES,
     SAMPLING_TEMPERATURE,
+    BaseBackend,
     Capabilities,
     Generation,
-    ScoreResult,
-    TokenLogprob,
 )
-from surelabel.cache import ResponseCache, request_key
+from surelabel.cache import ResponseCache, open_cache, request_key
 from surelabel.errors import BackendError, UnsupportedMethodError, UserError
 from surelabel.prompt import Message
 
+if TYPE_CHECKING:
+    import openai
+
+__all__ = ["FORMATS", "OpenAIBackend", "parse_response"]
+
 T = TypeVar("T")
 
-FORMATS = ("json_schema", "json_object_schema", "json_object", "prompt")
-# Statuses worth retrying: timeouts, conflicts, rate limits and every server error.
-RETRY_STATUS = frozenset({408, 409, 425, 429})
-MAX_RETRY_AFTER = 120.0
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+MAX_RETRIES = 8
+TIMEOUT = 60.0
+# Sent as the key to servers that want none (the SDK refuses to build a client without one).
+NO_KEY = "sk-no-key-required"
 # Cache entry of a request whose response_format the server rejected.
 REJECTED = "surelabel_rejected_response_format"
 
@@ -66,101 +83,41 @@ def _one_line(text: str, limit: int = 200) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def _retry_after(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` (seconds or HTTP date) or ``retry-after-ms``."""
-    if not headers:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
+def _needs_key(base_url: str) -> bool:
+    """Only OpenAI's own API needs a key; any other server gets one only when given."""
+    return (urlsplit(base_url).hostname or "").lower() == "api.openai.com"
+
+
+async def _no_retry_on_format_rejection(response: Any) -> None:
+    """httpx response hook: a 500 that only says the ``response_format`` is not supported
+    (llama-cpp-python's server answers so) gets ``x-should-retry: false``, the header by
+    which a server tells the SDK not to retry; the backend then moves down the formats."""
+    if response.status_code != 500:
+        return
+    await response.aread()
+    if is_format_rejection(500, response.text):
+        response.headers["x-should-retry"] = "false"
+
+
+def _attempts(exc: BaseException) -> int:
+    """HTTP attempts behind an SDK error: the SDK numbers each in ``x-stainless-retry-count``."""
+    request = getattr(exc, "request", None)
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        when = email.utils.parsedate_to_datetime(value) if value else None
-        if when is None:
-            return None
-        return max(0.0, when.timestamp() - time.time())
+        return int(request.headers.get("x-stainless-retry-count", 0)) + 1  # type: ignore[union-attr]
+    except (AttributeError, TypeError, ValueError):
+        return 1
 
 
-def _is_format_rejection(status: int, message: str) -> bool:
-    low = message.lower()
-    return status in (400, 422, 500) and ("response_format" in low or "json_schema" in low)
+def _retryable(response: Any) -> bool:
+    """Whether the SDK would retry this response (its ``_should_retry``, public rules only)."""
+    flag = response.headers.get("x-should-retry")
+    if flag in ("true", "false"):
+        return bool(flag == "true")
+    status = int(response.status_code)
+    return status in (408, 409, 429) or status >= 500
 
 
-def parse_response(data: Mapping[str, Any]) -> Generation:
-    """A Chat Completions response (as JSON) to a :class:`Generation`.
-
-    Token bytes come from ``bytes`` where the server gives them (OpenAI does; a token may
-    hold part of a UTF-8 character), else from the token string.
-    """
-    choices = data.get("choices") or []
-    if not choices:
-        raise BackendError("response has no choices")
-    choice = choices[0]
-    message = choice.get("message") or {}
-    text = message.get("content") or ""
-    tokens: list[TokenLogprob] = []
-    logprobs = choice.get("logprobs") or {}
-    for item in logprobs.get("content") or ():
-        top = tuple(
-            (_token_bytes(alt), float(alt["logprob"])) for alt in item.get("top_logprobs") or ()
-        )
-        tokens.append(TokenLogprob(_token_bytes(item), float(item["logprob"]), top))
-    usage = {k: int(v) for k, v in (data.get("usage") or {}).items() if isinstance(v, int)}
-    return Generation(
-        text=text,
-        tokens=tuple(tokens),
-        finish_reason=choice.get("finish_reason") or "stop",
-        usage=usage,
-    )
-
-
-def _token_bytes(item: Mapping[str, Any]) -> bytes:
-    raw = item.get("bytes")
-    if raw:
-        return bytes(raw)
-    token: str = item.get("token") or ""
-    return token.encode("utf-8")
-
-
-class _RateLimiter:
-    """Sliding one-minute window over request starts and their (estimated) tokens."""
-
-    def __init__(self, rpm: int | None, tpm: int | None) -> None:
-        self.rpm = rpm
-        self.tpm = tpm
-        self._events: deque[list[float]] = deque()
-
-    async def acquire(self, tokens: int) -> list[float] | None:
-        if self.rpm is None and self.tpm is None:
-            return None
-        while True:
-            now = time.monotonic()
-            while self._events and now - self._events[0][0] >= 60.0:
-                self._events.popleft()
-            used = sum(e[1] for e in self._events)
-            rpm_ok = self.rpm is None or len(self._events) < self.rpm
-            tpm_ok = self.tpm is None or not self._events or used + tokens <= self.tpm
-            if rpm_ok and tpm_ok:
-                event = [now, float(tokens)]
-                self._events.append(event)
-                return event
-            await asyncio.sleep(max(0.01, self._events[0][0] + 60.0 - now))
-
-    @staticmethod
-    def settle(event: list[float] | None, tokens: int) -> None:
-        """Replace a request's estimate by the tokens it really used."""
-        if event is not None and tokens > 0:
-            event[1] = float(tokens)
-
-
-class OpenAIBackend:
+class OpenAIBackend(BaseBackend):
     """A model behind an OpenAI-compatible Chat Completions API.
 
     Parameters
@@ -169,50 +126,54 @@ class OpenAIBackend:
         Model name; ``None`` takes the first model the endpoint lists (local servers).
     client:
         A ready ``openai.OpenAI`` or ``openai.AsyncOpenAI`` client (Azure, proxies, tests).
-        Its own retries are turned off: this backend retries.
+        Its own retry and timeout settings apply unless ``max_retries`` / ``timeout`` are
+        given. A backend built on a client has no spec and does not pickle.
     base_url, api_key, headers:
-        Used to build a client when none is given. ``api_key`` defaults to
-        ``$OPENAI_API_KEY``; a local ``base_url`` needs none.
+        Used to build a client when none is given. ``base_url`` defaults to
+        ``$OPENAI_BASE_URL``, else OpenAI's API; ``api_key`` to ``$OPENAI_API_KEY``. Only
+        OpenAI's own API needs a key.
     top_logprobs:
         Alternatives requested per token (OpenAI's maximum is 20); 0 asks for no logprobs.
     concurrency:
-        Requests in flight at most.
+        Requests in flight at most (each with its retries).
     max_retries:
-        Retries of one request on retryable failures.
+        Retries of one request by the SDK (default 8).
     timeout:
-        Seconds before one attempt is abandoned (and retried).
+        Seconds before one attempt is abandoned (and retried); default 60.
     max_rpm, max_tpm:
         Optional requests- and tokens-per-minute caps.
     cache:
-        A :class:`~surelabel.cache.ResponseCache`, or ``None`` for no cache.
+        Where responses are kept: ``None`` or ``False`` nowhere, ``True`` the default file
+        (:func:`~surelabel.cache.default_cache_path`), a path, or a
+        :class:`~surelabel.cache.ResponseCache` (then the backend has no spec).
     response_format:
         The first structured-output level to try: ``json_schema``, ``json_object_schema``,
         ``json_object`` or ``prompt``.
-    backoff:
-        Base delay in seconds of the exponential backoff.
     samples, sampling_temperature:
-        Answers drawn per item, and their temperature, for the ``sampling`` method.
+        Accepted for older callers and kept as attributes; the ``sampling`` method takes
+        them from its own options and passes them to :meth:`sample`.
     """
+
+    name = "openai"
 
     def __init__(
         self,
         model: str | None = None,
         *,
-        client: Any = None,
+        client: openai.OpenAI | openai.AsyncOpenAI | None = None,
         base_url: str | None = None,
         api_key: str | None = None,
         headers: Mapping[str, str] | None = None,
         top_logprobs: int = 20,
         concurrency: int = 8,
-        max_retries: int = 8,
-        timeout: float = 60.0,
+        max_retries: int | None = None,
+        timeout: float | None = None,
         max_rpm: int | None = None,
         max_tpm: int | None = None,
-        cache: ResponseCache | None = None,
+        cache: ResponseCache | str | os.PathLike[str] | bool | None = None,
         response_format: str = "json_schema",
-        backoff: float = 0.5,
-        samples: int = SAMPLES,
-        sampling_temperature: float = SAMPLING_TEMPERATURE,
+        samples: int | None = None,
+        sampling_temperature: float | None = None,
     ) -> None:
         try:
             import openai
@@ -228,52 +189,99 @@ class OpenAIBackend:
             raise UserError("--concurrency must be at least 1")
         if top_logprobs < 0:
             raise UserError("--top-logprobs must be 0 or more")
-        self._openai = openai
-        # A client built here is closed by close(); an injected one belongs to the caller.
-        self._own_client = client is None
-        if client is None:
-            key = api_key or os.environ.get("OPENAI_API_KEY")
-            if not key:
-                if base_url is None:
-                    raise UserError(
-                        "no API key: set OPENAI_API_KEY or pass --api-key "
-                        "(or --base-url for a local server)"
-                    )
-                key = "sk-no-key-required"
-            client = openai.AsyncOpenAI(
-                base_url=base_url,
-                api_key=key,
-                default_headers=dict(headers or {}),
-                max_retries=0,
-                timeout=timeout,
-            )
-        elif isinstance(client, (openai.OpenAI, openai.AsyncOpenAI)):
-            client = client.with_options(max_retries=0, timeout=timeout)
-        else:
+        if max_retries is not None and max_retries < 0:
+            raise UserError("max_retries must be 0 or more")
+        for flag, cap in (("--max-rpm", max_rpm), ("--max-tpm", max_tpm)):
+            if cap is not None and cap < 1:
+                raise UserError(f"{flag} must be at least 1")
+        if client is not None and not isinstance(client, (openai.OpenAI, openai.AsyncOpenAI)):
             raise UserError("client must be an openai.OpenAI or openai.AsyncOpenAI instance")
-        self._client = client
-        self._async = isinstance(client, openai.AsyncOpenAI)
-        self.endpoint = str(client.base_url).rstrip("/")
+        try:
+            self.cache = open_cache(cache)
+        except TypeError as exc:
+            raise UserError(str(exc)) from None
+
         self._model = model
         self.top_logprobs = top_logprobs
         self.concurrency = concurrency
-        self.max_retries = max_retries
-        self.timeout = timeout
-        self.backoff = backoff
-        self.cache = cache
-        # Read by the ``sampling`` method.
-        self.samples = samples
-        self.sampling_temperature = sampling_temperature
+        self.samples = SAMPLES if samples is None else samples
+        self.sampling_temperature = (
+            SAMPLING_TEMPERATURE if sampling_temperature is None else sampling_temperature
+        )
+        self.limiter: RateLimiter | None = (
+            MinuteWindow(max_rpm, max_tpm) if max_rpm is not None or max_tpm is not None else None
+        )
         self._format_index = FORMATS.index(response_format)
-        self._limiter = _RateLimiter(max_rpm, max_tpm)
+
+        # A client built here is made on first use and closed by close(); an injected one
+        # belongs to the caller.
+        self._own_client = client is None
+        self._client: Any = None
+        self._client_options: dict[str, Any] = {}
+        if client is None:
+            url = base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL
+            key = api_key or os.environ.get("OPENAI_API_KEY")
+            if not key:
+                if _needs_key(url):
+                    raise UserError(
+                        "no API key: set OPENAI_API_KEY or pass --api-key "
+                        "(a --base-url or OPENAI_BASE_URL of another server needs none)"
+                    )
+                key = NO_KEY
+            self.max_retries = MAX_RETRIES if max_retries is None else max_retries
+            self.timeout: Any = TIMEOUT if timeout is None else timeout
+            self._client_options = {
+                "base_url": url,
+                "api_key": key,
+                "default_headers": dict(headers or {}),
+                "max_retries": self.max_retries,
+                "timeout": self.timeout,
+            }
+            self.endpoint = url.rstrip("/")
+        else:
+            if base_url is not None or api_key is not None or headers:
+                raise UserError("pass either a client or base_url / api_key / headers, not both")
+            changes: dict[str, Any] = {}
+            if max_retries is not None:
+                changes["max_retries"] = max_retries
+            if timeout is not None:
+                changes["timeout"] = timeout
+            self._client = client.with_options(**changes) if changes else client
+            self.max_retries = int(self._client.max_retries)
+            self.timeout = self._client.timeout
+            self.endpoint = str(client.base_url).rstrip("/")
+        self._async = client is None or isinstance(client, openai.AsyncOpenAI)
+
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._sem: asyncio.Semaphore | None = None
         self._start_lock = threading.Lock()
         self._stats_lock = threading.Lock()
-        # Counters: HTTP attempts sent, retries among them, answers served from the cache.
+        # Counters: HTTP attempts sent (retries included), retries among them, answers
+        # served from the cache.
         self.stats = {"requests": 0, "retries": 0, "cache_hits": 0}
+
+        if client is None and not isinstance(cache, ResponseCache):
+            self._remember(
+                model=model,
+                base_url=base_url,
+                # A key read from the environment stays there: the rebuilt backend reads it
+                # again, and a spec may be logged or sent to workers.
+                api_key=api_key if api_key and api_key != os.environ.get("OPENAI_API_KEY")
+                else None,
+                headers=dict(headers) if headers else None,
+                top_logprobs=top_logprobs,
+                concurrency=concurrency,
+                max_retries=max_retries,
+                timeout=timeout,
+                max_rpm=max_rpm,
+                max_tpm=max_tpm,
+                cache=None if cache is None or cache is False else cache,
+                response_format=response_format,
+                samples=samples,
+                sampling_temperature=sampling_temperature,
+            )
 
     # -- public interface -------------------------------------------------------------
 
@@ -285,6 +293,7 @@ class OpenAIBackend:
             assistant_prefix=False,
             json_schema=True,
             sampling=True,
+            concurrency=self.concurrency,
         )
 
     @property
@@ -297,18 +306,6 @@ class OpenAIBackend:
     def response_format(self) -> str:
         """The structured-output level currently in use."""
         return FORMATS[self._format_index]
-
-    def score(
-        self,
-        messages: Sequence[Message],
-        prefix: str,
-        continuations: Sequence[str],
-        *,
-        closer: str = "",
-    ) -> ScoreResult:
-        raise UnsupportedMethodError(
-            "an OpenAI-compatible API cannot score given answers; use --method topk or sampling"
-        )
 
     def generate(
         self,
@@ -323,24 +320,9 @@ class OpenAIBackend:
         """Greedy (temperature 0) answer with up to ``top_logprobs`` alternatives per token."""
         if prefix:
             raise UnsupportedMethodError("the openai backend cannot continue an assistant prefix")
-        body = self._greedy_body(messages, max_tokens, stop, top_logprobs)
-        return self._run(self._generate(body, schema))
-
-    def _greedy_body(
-        self, messages: Sequence[Message], max_tokens: int, stop: Sequence[str], top_logprobs: int
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "messages": [m.as_dict() for m in messages],
-            "temperature": 0,
-            "max_tokens": max_tokens,
-        }
         k = min(top_logprobs, self.top_logprobs)
-        if k > 0:
-            body["logprobs"] = True
-            body["top_logprobs"] = k
-        if stop:
-            body["stop"] = list(stop)
-        return body
+        body = greedy_body(messages, max_tokens=max_tokens, stop=stop, top_logprobs=k)
+        return self._run(self._generate(body, schema))
 
     async def agenerate(
         self,
@@ -356,7 +338,8 @@ class OpenAIBackend:
         The request still runs on the backend's own loop, under the same concurrency limit,
         rate caps, retries and cache as every other request.
         """
-        body = self._greedy_body(messages, max_tokens, stop, top_logprobs)
+        k = min(top_logprobs, self.top_logprobs)
+        body = greedy_body(messages, max_tokens=max_tokens, stop=stop, top_logprobs=k)
         loop = self._ensure_loop()
         future = asyncio.run_coroutine_threadsafe(self._generate(body, schema), loop)
         return await asyncio.wrap_future(future)
@@ -371,40 +354,31 @@ class OpenAIBackend:
         max_tokens: int = 64,
     ) -> list[Generation]:
         """``n`` answers at ``temperature``, one request each with seed 0..n-1 (so cacheable)."""
-        base = {
-            "messages": [m.as_dict() for m in messages],
-            "temperature": temperature,
-            "max_tokens": max_tokens,
-        }
+        bodies = sample_bodies(messages, n=n, temperature=temperature, max_tokens=max_tokens)
 
         async def all_samples() -> list[Generation]:
-            return list(
-                await asyncio.gather(
-                    *(self._generate({**base, "seed": i}, schema) for i in range(n))
-                )
-            )
+            return list(await asyncio.gather(*(self._generate(b, schema) for b in bodies)))
 
         return self._run(all_samples())
 
     def close(self) -> None:
         """Stop the event loop thread, and close the HTTP client if this backend built it."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        if self._own_client:
-            asyncio.run_coroutine_threadsafe(self._client.close(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-        self._loop = self._thread = None
+        with self._start_lock:
+            loop, thread = self._loop, self._thread
+            if loop is None or thread is None:
+                return
+            if self._own_client and self._client is not None:
+                asyncio.run_coroutine_threadsafe(self._client.close(), loop).result(timeout=10)
+                self._client = None
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=10)
+            loop.close()
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+            self._loop = self._thread = self._executor = self._sem = None
 
     def __enter__(self) -> OpenAIBackend:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- event loop -------------------------------------------------------------------
 
@@ -415,6 +389,8 @@ class OpenAIBackend:
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         with self._start_lock:
             if self._loop is None:
+                if self._client is None:
+                    self._client = self._build_client()
                 loop = asyncio.new_event_loop()
                 ready = threading.Event()
 
@@ -434,19 +410,28 @@ class OpenAIBackend:
                     )
             return self._loop
 
+    def _build_client(self) -> Any:
+        import openai
+
+        http = openai.DefaultAsyncHttpxClient(
+            event_hooks={"response": [_no_retry_on_format_rejection]}
+        )
+        return openai.AsyncOpenAI(**self._client_options, http_client=http)
+
     # -- requests ---------------------------------------------------------------------
 
     async def _first_model(self) -> str:
+        import openai
+
         try:
             if self._async:
                 page = await self._client.models.list()
             else:
-                assert self._executor is not None
                 page = await asyncio.get_running_loop().run_in_executor(
                     self._executor, self._client.models.list
                 )
             return str(page.data[0].id)
-        except (self._openai.OpenAIError, IndexError, AttributeError) as exc:
+        except (openai.OpenAIError, IndexError, AttributeError) as exc:
             raise UserError(
                 f"no --model given and {self.endpoint}/models lists none; pass --model NAME"
             ) from exc
@@ -454,19 +439,9 @@ class OpenAIBackend:
     async def _generate(self, body: dict[str, Any], schema: dict[str, Any] | None) -> Generation:
         while True:
             level = self._format_index if schema is not None else len(FORMATS) - 1
-            full = dict(body)
             fmt = FORMATS[level]
-            if fmt == "json_schema":
-                full["response_format"] = {
-                    "type": "json_schema",
-                    "json_schema": {"name": "answer", "strict": True, "schema": schema},
-                }
-            elif fmt == "json_object_schema":
-                full["response_format"] = {"type": "json_object", "schema": schema}
-            elif fmt == "json_object":
-                full["response_format"] = {"type": "json_object"}
             try:
-                data, cached = await self._request(full)
+                data, cached = await self._request(with_format(body, fmt, schema))
             except _FormatRejected:
                 if level >= len(FORMATS) - 1:
                     raise BackendError("the server rejected every response format") from None
@@ -479,7 +454,11 @@ class OpenAIBackend:
             return Generation(gen.text, gen.tokens, gen.finish_reason, gen.usage, info)
 
     async def _request(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        """One request, from the cache or the server, with retries. Returns (response, cached)."""
+        """One request, from the cache or the server (the SDK retrying it).
+
+        Returns (response, cached)."""
+        import openai
+
         if self._model is None:
             self._model = await self._first_model()
         model = self._model
@@ -494,82 +473,79 @@ class OpenAIBackend:
                     raise _FormatRejected(hit[REJECTED])
                 return hit, True
         assert self._sem is not None
-        estimate = len(json.dumps(body["messages"])) // 4 + int(body.get("max_tokens") or 0)
         async with self._sem:
-            attempt = 0
-            while True:
-                event = await self._limiter.acquire(estimate)
-                with self._stats_lock:
-                    self.stats["requests"] += 1
-                    if attempt:
-                        self.stats["retries"] += 1
-                try:
-                    data = await self._send(body)
-                except self._openai.APIStatusError as exc:
-                    error, wait = self._status_error(exc)
-                except (self._openai.APITimeoutError, self._openai.APIConnectionError) as exc:
-                    timed_out = isinstance(exc, self._openai.APITimeoutError)
-                    kind = "timed out" if timed_out else "failed"
-                    error = BackendError(
-                        f"request to {self.endpoint} {kind}: {_one_line(str(exc))}", retryable=True
-                    )
-                    wait = None
-                else:
-                    used = int((data.get("usage") or {}).get("total_tokens") or 0)
-                    self._limiter.settle(event, used)
-                    if self.cache is not None:
-                        self.cache.put(key, self.endpoint, model, data)
-                    return data, False
+            limiter = self.limiter
+            ticket = None if limiter is None else await limiter.acquire(estimate_tokens(body))
+            attempts, used = 1, 0
+            try:
+                raw = await self._create(body)
+                attempts = int(raw.retries_taken) + 1
+                parsed = raw.parse()
+                if not hasattr(parsed, "model_dump"):  # the SDK gives a text body as str
+                    raise ValueError(f"not a JSON completion: {str(parsed)[:80]!r}")
+                data: dict[str, Any] = parsed.model_dump(mode="json")
+                used = int((data.get("usage") or {}).get("total_tokens") or 0)
+            except openai.APIError as exc:
+                attempts = _attempts(exc)
+                error = self._error(exc, attempts)
                 if isinstance(error, _FormatRejected) and self.cache is not None:
                     # Remembered, so a rerun from the cache makes no request at all.
                     self.cache.put(key, self.endpoint, model, {REJECTED: str(error)})
-                if not getattr(error, "retryable", False) or attempt >= self.max_retries:
-                    if isinstance(error, BackendError) and error.retryable:
-                        raise BackendError(
-                            f"{error} (gave up after {attempt + 1} attempts)", retryable=True
-                        )
-                    raise error
-                delay = self.backoff * (2**attempt)
-                delay = min(delay, 30.0) + random.uniform(0, self.backoff)
-                if wait is not None:
-                    delay = max(delay, min(wait, MAX_RETRY_AFTER))
-                attempt += 1
-                await asyncio.sleep(delay)
+                raise error from exc
+            except ValueError as exc:  # a 200 whose body is not a completion
+                raise BackendError(
+                    f"unreadable response from {self.endpoint}: {_one_line(str(exc))}"
+                ) from exc
+            finally:
+                with self._stats_lock:
+                    self.stats["requests"] += attempts
+                    self.stats["retries"] += attempts - 1
+                if limiter is not None:
+                    limiter.settle(ticket, tokens=used, requests=attempts)
+        if self.cache is not None:
+            self.cache.put(key, self.endpoint, model, data)
+        return data, False
 
-    async def _send(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _create(self, body: dict[str, Any]) -> Any:
+        """``chat.completions.create`` through the SDK (its retries inside), raw response."""
+        create = self._client.chat.completions.with_raw_response.create
         if self._async:
-            resp = await self._client.chat.completions.create(**body)
-        else:
-            assert self._executor is not None
-            resp = await asyncio.get_running_loop().run_in_executor(
-                self._executor, lambda: self._client.chat.completions.create(**body)
-            )
-        data: dict[str, Any] = resp.model_dump(mode="json")
-        return data
-
-    def _status_error(self, exc: Any) -> tuple[Exception, float | None]:
-        """Map an HTTP error to (error, Retry-After seconds)."""
-        status = int(exc.status_code)
-        message = _one_line(getattr(exc, "message", "") or str(exc))
-        response = getattr(exc, "response", None)
-        try:
-            body = response.text if response is not None else ""
-        except Exception:  # a streamed or closed body: the message is enough
-            body = ""
-        if _is_format_rejection(status, f"{message} {body}"):
-            return _FormatRejected(message), None
-        where = f"{self.endpoint} (model {self._model!r})"
-        if status == 401:
-            return UserError(f"authentication failed (401) at {where}: check --api-key / "
-                             f"OPENAI_API_KEY: {message}"), None
-        if status == 403:
-            return UserError(f"permission denied (403) at {where}: {message}"), None
-        if status == 404:
-            return UserError(f"not found (404) at {where}: unknown model or wrong --base-url: "
-                             f"{message}"), None
-        retryable = status in RETRY_STATUS or status >= 500
-        headers = response.headers if response is not None else None
-        return (
-            BackendError(f"HTTP {status} from {where}: {message}", retryable=retryable),
-            _retry_after(headers) if retryable else None,
+            return await create(**body)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, functools.partial(create, **body)
         )
+
+    def _error(self, exc: Exception, attempts: int) -> Exception:
+        """The error the caller sees for an SDK error, after ``attempts`` HTTP attempts."""
+        import openai
+
+        gave_up = f" (gave up after {attempts} attempt{'s' if attempts != 1 else ''})"
+        where = f"{self.endpoint} (model {self._model!r})"
+        if isinstance(exc, openai.APIStatusError):
+            status = int(exc.status_code)
+            message = _one_line(getattr(exc, "message", "") or str(exc))
+            try:
+                body = exc.response.text
+            except Exception:  # a streamed or closed body: the message is enough
+                body = ""
+            if is_format_rejection(status, f"{message} {body}"):
+                return _FormatRejected(message)
+            if status == 401:
+                return UserError(f"authentication failed (401) at {where}: check --api-key / "
+                                 f"OPENAI_API_KEY: {message}")
+            if status == 403:
+                return UserError(f"permission denied (403) at {where}: {message}")
+            if status == 404:
+                return UserError(f"not found (404) at {where}: unknown model or wrong "
+                                 f"--base-url: {message}")
+            retryable = _retryable(exc.response)
+            text = f"HTTP {status} from {where}: {message}"
+            return BackendError(text + gave_up if retryable else text, retryable=retryable)
+        if isinstance(exc, openai.APITimeoutError):
+            return BackendError(f"request to {self.endpoint} timed out{gave_up}", retryable=True)
+        if isinstance(exc, openai.APIConnectionError):
+            cause = exc.__cause__
+            why = _one_line(str(cause) or type(cause).__name__) if cause else _one_line(str(exc))
+            return BackendError(f"request to {self.endpoint} failed: {why}{gave_up}",
+                                retryable=True)
+        return BackendError(f"bad response from {where}: {_one_line(str(exc))}")
