@@ -325,6 +325,14 @@ def _backend(url: str, **kw: Any) -> OpenAIBackend:
     return OpenAIBackend("smollm2", base_url=url, **kw)
 
 
+def test_openai_backend_contract(server_url: str) -> None:
+    """The backend contract (tests/test_backend_contract.py) against the real server."""
+    from test_backend_contract import check_backend
+
+    with _backend(server_url, cache=False) as b:
+        check_backend("openai", b)
+
+
 def test_classify_through_the_server(server_url: str) -> None:
     task = load_task(EXAMPLES / "fruit_veg_herb.yaml")
     with _backend(server_url) as b:
