@@ -323,3 +323,26 @@ def test_auto_tries_dirichlet_up_to_twenty_labels() -> None:
     assert "dirichlet" in candidates("multiclass", False, DIRICHLET_AUTO_MAX_LABELS)
     assert "dirichlet" not in candidates("multiclass", False, DIRICHLET_AUTO_MAX_LABELS + 1)
     assert "dirichlet" in candidates("multilabel", False, 50)  # one 2-label map per label
+
+
+def test_auto_fits_do_not_blow_up_on_a_yes_to_everything_multilabel_task() -> None:
+    """Regression: a model that says yes to all 28 labels of a multilabel task, most labels
+    rare, made bias_temperature and platt report cross-validated log losses of 17-25
+    (uncalibrated: 3.7). Causes: Newton took a step that raised the loss when backtracking
+    failed (after a fit reached p = 0, where the Hessian vanishes); bias_temperature kept the
+    bias fitted with a negative 1/T it then dropped; the raw designs were nearly collinear."""
+    rng = np.random.default_rng(0)
+    n, k = 400, 28
+    task = Task.from_dict({"name": "t", "instructions": "i", "kind": "multilabel",
+                           "labels": [f"l{i}" for i in range(k)]})
+    rates = np.concatenate([[0.3, 0.2, 0.1], rng.uniform(0.0, 0.006, k - 3)])
+    y = (rng.random((n, k)) < rates).astype(int)
+    x = np.zeros((n, k, 2))
+    x[:, :, 0] = -0.02 + rng.normal(0, 0.01, (n, k))  # yes, always
+    x[:, :, 1] = -4.0 + rng.normal(0, 0.05, (n, k)) - 0.3 * y
+    calibration, _ = fit_calibration(task, "m", x, y)
+    losses = (calibration.selection or {})["cv_log_loss"]
+    raw = losses.pop("none")
+    assert raw > 3.5
+    assert all(v < raw for v in losses.values()), losses
+    assert losses["platt"] < 0.05 and losses["bias_temperature"] < 0.05, losses

@@ -140,7 +140,7 @@ def fit_accept_threshold(
     wrong = ~np.asarray(correct).astype(bool)
     n = len(conf)
     min_n = start_size(target_error, delta)
-    best: tuple[float, int, int, float] | None = None
+    best: tuple[float, int, int] | None = None
     started = False
     steps = round(1 / GRID_STEP)
     for j in range(steps - 1, -1, -1):
@@ -154,7 +154,7 @@ def fit_accept_threshold(
         errors = int(wrong[accepted].sum())
         if binomial_pvalue(errors, n_acc, target_error) > delta:
             break
-        best = (lam, n_acc, errors, clopper_pearson_upper(errors, n_acc, delta))
+        best = (lam, n_acc, errors)
     if best is None:
         why = (
             f"fewer than {min_n} calibration items, too few to certify any threshold"
@@ -167,7 +167,8 @@ def fit_accept_threshold(
             message=(f"no threshold keeps the error among accepted items <= {target_error:g} "
                      f"with probability {1 - delta:g} ({why}); nothing will be auto-accepted"),
         )
-    lam, n_acc, errors, upper = best
+    lam, n_acc, errors = best
+    upper = clopper_pearson_upper(errors, n_acc, delta)
     share = n_acc / n
     return RoutingResult(
         target_error=target_error, delta=delta, threshold=round(lam, 6), n_calibration=n,

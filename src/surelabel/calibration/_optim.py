@@ -38,17 +38,25 @@ def newton(
     max_iter: int,
 ) -> FloatArray:
     """Minimize a convex ``loss`` by Newton's method with backtracking: a full step can
-    overshoot on near-separable data. Stops when the loss no longer improves."""
+    overshoot on near-separable data. Stops when the loss no longer improves.
+
+    A step is taken only if it lowers the loss: where the Hessian vanishes (a logistic fit
+    driven to probabilities of 0 or 1) the Newton step is astronomically long, and even its
+    shortest backtracked fraction would throw the solution away.
+    """
     x = x0
     current = loss(x)
     for _ in range(max_iter):
         grad, hess = grad_hess(x)
         step = np.linalg.solve(hess, grad)
         scale = 1.0
-        while scale > 1e-6 and loss(x - scale * step) > current:
+        while scale > 1e-6 and not loss(x - scale * step) <= current:
             scale /= 2
-        x = x - scale * step
-        new = loss(x)
+        candidate = x - scale * step
+        new = loss(candidate)
+        if not new <= current:
+            break
+        x = candidate
         converged = current - new < 1e-12
         current = new
         if converged:

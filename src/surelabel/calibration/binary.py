@@ -52,7 +52,12 @@ class PlattScaling(BaseCalibrator):
         pos = labels == 0
         n_pos, n_neg = int(pos.sum()), int((~pos).sum())
         t = np.where(pos, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
-        design = np.stack([s, np.ones_like(s)], axis=1)
+        # Fitted on standardized scores (the same model): when the scores barely vary, as
+        # for a model that says yes to everything, the raw design is nearly collinear and
+        # Newton lands on a huge slope that extrapolates to certainty.
+        centre = float(s.mean())
+        scale = float(s.std()) or 1.0
+        design = np.stack([(s - centre) / scale, np.ones_like(s)], axis=1)
 
         def loss(w: FloatArray) -> float:
             z = design @ w
@@ -65,8 +70,13 @@ class PlattScaling(BaseCalibrator):
             hess = design.T @ (design * (p * (1 - p))[:, None]) + 1e-9 * np.eye(2)
             return grad, hess
 
-        w = newton(loss, grad_hess, np.array([1.0, 0.0]), self.max_iter)
-        self.a_, self.b_ = float(w[0]), float(w[1])
+        # From the label prior (a flat map), as Platt's own algorithm starts: a logistic fit
+        # started far from its optimum can step to where its Hessian vanishes.
+        prior = float(np.mean(t))
+        w = newton(loss, grad_hess, np.array([0.0, np.log(prior / (1 - prior))]),
+                   self.max_iter)
+        self.a_ = float(w[0] / scale)
+        self.b_ = float(w[1] - w[0] * centre / scale)
         self.n_classes_ = 2
         return self
 

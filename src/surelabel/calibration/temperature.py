@@ -77,12 +77,35 @@ class BiasTemperatureScaling(BaseCalibrator):
         x = as_logprobs(logprobs)
         n, k = x.shape
         labels = check_labels(y, n, k)
+        # Centred per label (the same model, z = (x - m) / T + b', with b = b' - m / T):
+        # when the log-probabilities barely vary, as for a model that says yes to every
+        # label of a multilabel task, the uncentred problem is nearly collinear and Newton
+        # steps overshoot.
+        centre = x.mean(axis=0)
+        inv_t, bias = self._solve(x - centre, labels, fit_temperature=True)
+        if inv_t < 0:
+            # A negative 1/T would reverse the model's ranking: not a temperature. The best
+            # temperature at or above 0 is then 1/T = 0, the bias alone (the label prior).
+            inv_t, bias = self._solve(x - centre, labels, fit_temperature=False)
+        self.temperature_ = float(1.0 / inv_t) if inv_t > 0 else float("inf")
+        self.bias_ = np.asarray(bias - centre * inv_t, dtype=np.float64)
+        self.n_classes_ = k
+        return self
+
+    def _solve(
+        self, x: FloatArray, labels: np.ndarray[Any, Any], *, fit_temperature: bool
+    ) -> tuple[float, FloatArray]:
+        """(1/T, b) minimizing the penalized log loss of softmax(x / T + b)."""
+        n, k = x.shape
         onehot = np.zeros_like(x)
         onehot[np.arange(n), labels] = 1.0
         # Features of label j for item i: (x_ij, e_j); parameters theta = (1/T, b_1..b_k).
-        phi = np.concatenate([x[:, :, None], np.broadcast_to(np.eye(k), (n, k, k))], axis=2)
-        ridge = np.full(k + 1, self.l2)
-        ridge[0] = 1e-9
+        eye = np.broadcast_to(np.eye(k), (n, k, k))
+        phi = np.concatenate([x[:, :, None], eye], axis=2) if fit_temperature else eye
+        d = phi.shape[2]
+        ridge = np.full(d, self.l2)
+        if fit_temperature:
+            ridge[0] = 1e-9
 
         def loss(theta: FloatArray) -> float:
             z = phi @ theta
@@ -95,15 +118,15 @@ class BiasTemperatureScaling(BaseCalibrator):
             mean_phi = np.einsum("ij,ijd->id", p, phi)
             hess = (np.einsum("ij,ijd,ije->de", p, phi, phi)
                     - np.einsum("id,ie->de", mean_phi, mean_phi)) / n + np.diag(ridge)
-            return grad, hess + 1e-9 * np.eye(k + 1)
+            return grad, hess + 1e-9 * np.eye(d)
 
-        theta0 = np.zeros(k + 1)
-        theta0[0] = 1.0
+        theta0 = np.zeros(d)
+        if fit_temperature:
+            theta0[0] = 1.0
         theta = newton(loss, grad_hess, theta0, self.max_iter)
-        self.temperature_ = float(1.0 / theta[0]) if theta[0] > 0 else float("inf")
-        self.bias_ = np.asarray(theta[1:], dtype=np.float64)
-        self.n_classes_ = k
-        return self
+        if fit_temperature:
+            return float(theta[0]), np.asarray(theta[1:], dtype=np.float64)
+        return 0.0, np.asarray(theta, dtype=np.float64)
 
     def _transform(self, logprobs: FloatArray) -> FloatArray:
         inv_t = 0.0 if np.isinf(self.temperature_) else 1.0 / self.temperature_
