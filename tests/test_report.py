@@ -198,3 +198,53 @@ def test_cli_calibrate_bad_label_is_a_user_error(files: dict[str, Path], fake: F
     code = main(["calibrate", str(files["task"]), str(bad), "-o", str(files["dir"] / "c.json")])
     assert code == 2
     assert "mineral" in capsys.readouterr().err
+
+
+def test_summary_prints_lopsided_intervals_as_intervals() -> None:
+    task = Task.from_dict({"name": "t", "instructions": "i", "labels": ["a", "b", "c"]})
+    rng = np.random.default_rng(3)
+    p = rng.dirichlet([1, 1, 1], 120)
+    y = rng.integers(0, 3, 120)
+    result = report.evaluate_probabilities(task, p, y, n_bootstrap=200)
+    lo, hi = result["ci95"]["ece"]
+    text = report.format_summary(report.build_report(task, "m", {"exact": result}))
+    line = next(row for row in text.splitlines() if row.startswith("ece "))
+    assert f"[{lo:.3f}, {hi:.3f}]" in line and "±" not in text
+
+
+def test_cli_calibrate_from_predictions_runs_no_model_and_reports_uncertainty(
+    files: dict[str, Path], fake: FakeBackend, capsys: pytest.CaptureFixture[str]
+) -> None:
+    preds = files["dir"] / "preds.jsonl"
+    assert main(["classify", str(files["task"]), str(files["labelled"]), "-o", str(preds),
+                 "--no-reason", "-q"]) == 0
+    capsys.readouterr()
+    calls = fake.calls
+    cal = files["dir"] / "cal.json"
+    assert main(["calibrate", str(files["task"]), str(files["labelled"]), "--predictions",
+                 str(preds), "-o", str(cal), "--target-error", "0.2"]) == 0
+    assert fake.calls == calls  # the model was not run again
+    printed = capsys.readouterr().out
+    assert "held-out ECE" in printed and "95% interval" in printed
+    assert "accept threshold would lie in" in printed
+    assert "warning: only 60 labelled rows" in printed
+    data = json.loads(cal.read_text())
+    assert data["model"] == "fake-model" and data["confidence_method"] == "exact"
+    assert data["uncertainty"]["n_rows"] == 60
+    lo, hi = data["uncertainty"]["ece_ci95"]
+    assert lo <= data["uncertainty"]["ece_equal_mass"] <= hi
+
+
+def test_cli_calibrate_refuses_calibrated_predictions(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    preds = files["dir"] / "preds.jsonl"
+    rows = [json.dumps({"id": json.loads(line)["id"], "text": "x", "probabilities":
+                        {"fruit": 0.2, "vegetable": 0.3, "herb": 0.5}, "method": "exact",
+                        "model": "m", "calibrated": True, "error": None})
+            for line in files["labelled"].read_text().splitlines()]
+    preds.write_text("\n".join(rows) + "\n")
+    code = main(["calibrate", str(files["task"]), str(files["labelled"]), "--predictions",
+                 str(preds), "-o", str(files["dir"] / "c.json")])
+    assert code == 2
+    assert "calibrated already" in capsys.readouterr().err

@@ -112,6 +112,13 @@ class Scored:
     content_free: FloatArray | None = None
     extra: dict[str, FloatArray] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: How ``logprobs`` were scored (:meth:`surelabel.methods.MethodOptions.scoring_key`).
+    scoring: dict[str, Any] = field(default_factory=dict)
+    #: For predictions read from a ``classify`` output: the model and method that made
+    #: them, and whether they were calibrated already.
+    model: str | None = None
+    source_method: str | None = None
+    calibrated: bool = False
 
     def task_logprobs(self, task: Task) -> FloatArray:
         """``logprobs`` in the task's shape, as :func:`fit_calibration` takes them."""
@@ -193,7 +200,8 @@ def score_labelled(
                    for t in CONTENT_FREE])
     scored = Scored(rows=[rows[i] for i in keep], y=y[keep],
                     logprobs=np.stack([raw[i] for i in keep]),  # type: ignore[misc]
-                    method=full, content_free=cf, notes=notes)
+                    method=full, content_free=cf, notes=notes,
+                    scoring=(options or methods.DEFAULT_OPTIONS).scoring_key(full))
     if seed_ok:
         scored.extra["seed"] = np.stack([seed[i] for i in keep])  # type: ignore[misc]
     return scored
@@ -206,7 +214,8 @@ def from_predictions(path: str, task: Task, rows: list[Row], y: NDArray[Any]) ->
         records[str(r.id)] = r.extra
     keep, probs = [], []
     missing = errors = 0
-    method = "predictions"
+    seen: dict[str, set[Any]] = {"method": set(), "model": set(), "calibrated": set(),
+                                 "debiased": set(), "permutations": set()}
     for i, row in enumerate(rows):
         rec = records.get(str(row.id))
         if rec is None:
@@ -222,18 +231,34 @@ def from_predictions(path: str, task: Task, rows: list[Row], y: NDArray[Any]) ->
             raise InputError(f"{path}: record {row.id!r} has no probability for label {exc}; "
                              "was it made for another task?") from exc
         keep.append(i)
-        method = str(rec.get("method") or method) + (" (calibrated)" if rec.get("calibrated")
-                                                     else "")
+        seen["method"].add(rec.get("method"))
+        seen["model"].add(rec.get("model"))
+        seen["calibrated"].add(bool(rec.get("calibrated")))
+        seen["debiased"].add(bool(rec.get("debiased")))
+        seen["permutations"].add(int(rec.get("permutations") or 1))
     if not keep:
         raise InputError(f"{path}: no record matches a labelled row by id")
-    notes = [f"predictions from {path} ({method})"]
+    for key, values in seen.items():
+        if len(values) > 1:
+            raise InputError(f"{path}: the records mix {key} values "
+                             f"({', '.join(sorted(map(str, values)))}); use one run's output")
+    method = next(iter(seen["method"])) or "?"
+    calibrated = next(iter(seen["calibrated"]))
+    notes = [f"predictions from {path} ({method}" + (" (calibrated)" if calibrated else "")
+             + ")"]
     if missing or errors:
         notes.append(f"{missing} labelled rows had no prediction and {errors} had an error "
                      "record; they are left out")
     p3 = from_task_probabilities(task, np.asarray(probs, dtype=np.float64))
     p3 = p3 / p3.sum(axis=2, keepdims=True)
+    # The records do not say the prompt style: the default is assumed.
+    scoring = {**methods.DEFAULT_OPTIONS.scoring_key(method),
+               "permutations": next(iter(seen["permutations"])),
+               "debias": next(iter(seen["debiased"]))}
     return Scored(rows=[rows[i] for i in keep], y=y[keep], logprobs=safe_log(p3),
-                  method="predictions", notes=notes)
+                  method="predictions", notes=notes, scoring=scoring,
+                  model=next(iter(seen["model"])), source_method=method,
+                  calibrated=calibrated)
 
 
 def probabilities(logprobs: FloatArray) -> FloatArray:
@@ -311,7 +336,8 @@ def compare(
         elif len(scored.y) >= MIN_ROWS:
             sel, oof = fit_calibration(task, model, scored.task_logprobs(task), scored.y,
                                        content_free=scored.task_content_free(task),
-                                       folds=folds)
+                                       folds=folds, confidence_method=scored.method,
+                                       scoring=scored.scoring or None)
             probs = from_task_probabilities(task, oof)
             all_notes.append(f"calibrated: cross-fitted ({folds} folds; each row calibrated by "
                              f"a calibrator fitted on the other folds); "

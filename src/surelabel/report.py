@@ -183,7 +183,8 @@ def format_summary(report: Mapping[str, Any]) -> str:
     """A terminal table: one column per method, one row per headline figure."""
     methods = report["methods"]
     names = list(methods)
-    width = max(12, *(len(n) + 2 for n in names))
+    # Room for a value with its interval, e.g. "0.088 [0.089, 0.163]".
+    width = max(24, *(len(n) + 2 for n in names))
     lines = [f"{report['task']} ({report['kind']}), model {report['model']}"]
     lines.append("metric".ljust(16) + "".join(n.rjust(width) for n in names))
     for key in ("n", *HEADLINE):
@@ -199,7 +200,9 @@ def format_summary(report: Mapping[str, Any]) -> str:
             if ci is not None and key in ("accuracy", "ece", "auroc") and not any(
                 math.isnan(v) for v in ci
             ):
-                cell += f" ±{(ci[1] - ci[0]) / 2:.2f}"
+                # The interval itself: a bootstrap interval need not be symmetric (a binned
+                # ECE's sits mostly above the estimate), so "±" would hide its shape.
+                cell += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
             cells.append(cell.rjust(width))
         lines.append(key.ljust(16) + "".join(cells))
     for n in names:

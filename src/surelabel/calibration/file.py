@@ -25,11 +25,15 @@ FORMAT = "surelabel-calibration"
 VERSION = 1
 
 
-def prompt_hash(task: Task) -> str:
+#: How files made before the scoring settings were recorded were scored.
+LEGACY_SCORING: dict[str, Any] = {"prompt": "listed", "permutations": 1, "debias": False}
+
+
+def prompt_hash(task: Task, style: str = prompt.DEFAULT_PROMPT_STYLE) -> str:
     """A short hash of the prompt format: messages around a placeholder text and the answer
     prefix and continuations whose probabilities are measured."""
     payload = {
-        "messages": [m.as_dict() for m in prompt.messages(task, "\x00TEXT\x00")],
+        "messages": [m.as_dict() for m in prompt.messages(task, "\x00TEXT\x00", style)],
         "prefix": prompt.answer_prefix(task),
         "continuations": prompt.continuations(task) if task.kind != "multilabel" else None,
     }
@@ -54,6 +58,11 @@ class Calibration:
     labels: tuple[str, ...]
     n_fitted: int = 0
     confidence_method: str = "exact"
+    #: How the distributions were scored (prompt style, label orders, debiasing):
+    #: :meth:`surelabel.methods.MethodOptions.scoring_key`.
+    scoring: dict[str, Any] = field(default_factory=lambda: dict(LEGACY_SCORING))
+    #: What the labelled rows leave open (:mod:`surelabel.calibration.uncertainty`).
+    uncertainty: dict[str, Any] | None = None
     selection: dict[str, Any] | None = None
     routing: RoutingResult | None = None
     conformal: dict[str, Any] | None = None
@@ -108,6 +117,8 @@ class Calibration:
             "prompt_hash": self.prompt_hash,
             "n_fitted": self.n_fitted,
             "confidence_method": self.confidence_method,
+            "scoring": self.scoring,
+            "uncertainty": self.uncertainty,
             "calibrator": self.calibrator.to_dict(),
             "selection": self.selection,
             "routing": None if self.routing is None else self.routing.as_dict(),
@@ -141,6 +152,8 @@ class Calibration:
                 labels=tuple(task["labels"]),
                 n_fitted=int(data.get("n_fitted", 0)),
                 confidence_method=str(data.get("confidence_method", "exact")),
+                scoring=dict(data.get("scoring") or LEGACY_SCORING),
+                uncertainty=data.get("uncertainty"),
                 selection=data.get("selection"),
                 routing=None if routing is None else RoutingResult.from_dict(routing),
                 conformal=data.get("conformal"),
@@ -158,6 +171,24 @@ class Calibration:
                 f"{self.confidence_method} or refit"
             )
 
+    @property
+    def id(self) -> str:
+        """A short id of this calibration: a hash of its content."""
+        data = json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False, default=str)
+        return f"{self.method}-{hashlib.sha256(data.encode()).hexdigest()[:10]}"
+
+    def check_scoring(self, scoring: dict[str, Any], *, source: str = "calibration") -> None:
+        """Refuse distributions scored otherwise (another prompt style, number of label
+        orders, debiasing on or off)."""
+        for key, value in scoring.items():
+            mine = self.scoring.get(key, LEGACY_SCORING.get(key))
+            if mine != value:
+                raise CalibrationError(
+                    f"{source} was fitted on distributions scored with {key} {mine!r}, but "
+                    f"this run uses {key} {value!r}; their probabilities differ, so use the "
+                    f"same setting (--{key.replace('_', '-')}) or refit"
+                )
+
     def check(self, task: Task, model: str | None = None, *, source: str = "calibration") -> None:
         """Refuse to apply this calibration to another task, model or prompt."""
         if task.fingerprint() != self.task_fingerprint:
@@ -173,7 +204,7 @@ class Calibration:
                 f"{source} was made for model {self.model!r}, not {model!r}; "
                 "probabilities differ between models, so refit it with `surelabel calibrate`"
             )
-        if prompt_hash(task) != self.prompt_hash:
+        if prompt_hash(task, str(self.scoring.get("prompt", "listed"))) != self.prompt_hash:
             raise CalibrationError(
                 f"{source} was made with a different prompt format (another surelabel "
                 "version?); refit it with `surelabel calibrate`"

@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from surelabel._numeric import FloatArray, kfold, softmax, train_rows
+from surelabel.calibration import uncertainty
 from surelabel.calibration.base import LOGPROB_GUARD
 from surelabel.calibration.file import Calibration, prompt_hash
 from surelabel.calibration.per_label import PerLabelCalibrator
@@ -26,7 +27,9 @@ from surelabel.calibration.registry import (
 )
 from surelabel.calibration.top_label import TopLabelCalibration
 from surelabel.errors import CalibrationError
+from surelabel.methods import DEFAULT_OPTIONS
 from surelabel.metrics import log_loss
+from surelabel.prompt import DEFAULT_PROMPT_STYLE
 from surelabel.routing import conformal_quantile, fit_accept_threshold
 from surelabel.subtasks import (
     answer_view,
@@ -134,6 +137,9 @@ def fit_calibration(
     alpha: float | None = None,
     seed: int = 0,
     confidence_method: str = "exact",
+    scoring: dict[str, Any] | None = None,
+    assess_uncertainty: bool = False,
+    guarantee_width: float = 0.05,
 ) -> tuple[Calibration, FloatArray]:
     """Choose and fit a calibrator on labelled rows; optionally set routing from it.
 
@@ -156,6 +162,13 @@ def fit_calibration(
         Fit a split-conformal quantile for prediction sets of coverage 1 - alpha.
     confidence_method:
         The method that produced ``logprobs`` (recorded; ``classify`` checks it).
+    scoring:
+        How they were scored (:meth:`surelabel.methods.MethodOptions.scoring_key`; recorded
+        and checked likewise). Default: the default options.
+    assess_uncertainty, guarantee_width:
+        Also measure what the few rows leave open (:func:`surelabel.calibration.uncertainty.
+        assess`: intervals of the held-out ECE and of the accept threshold, rows needed to
+        bring the threshold's guarantee within ``guarantee_width``); saved in the file.
 
     Returns
     -------
@@ -235,16 +248,25 @@ def fit_calibration(
     if alpha is not None and len(task.subtasks) == 1:  # prediction sets of labels
         q = conformal_quantile(probs[np.arange(n), yy.astype(int)], alpha)
         conformal = {"alpha": alpha, "quantile": q, "n_calibration": n}
+    scoring = dict(scoring) if scoring is not None else DEFAULT_OPTIONS.scoring_key(
+        confidence_method)
+    assessed = None
+    if assess_uncertainty:
+        assessed = uncertainty.assess(
+            *calibration_view(task, probs, yy), *top_label_view(task, probs, yy),
+            routing=routing, width=guarantee_width, n_bootstrap=100, seed=seed)
     calibration = Calibration(
         calibrator=calibrator,
         task_name=task.name,
         task_fingerprint=task.fingerprint(),
         model=model,
-        prompt_hash=prompt_hash(task),
+        prompt_hash=prompt_hash(task, str(scoring.get("prompt", DEFAULT_PROMPT_STYLE))),
         kind=task.kind,
         labels=task.label_names,
         n_fitted=n,
         confidence_method=confidence_method,
+        scoring=scoring,
+        uncertainty=assessed,
         selection=selection.as_dict(),
         routing=routing,
         conformal=conformal,

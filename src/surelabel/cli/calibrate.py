@@ -8,10 +8,11 @@ import sys
 from typing import Any
 
 from surelabel.calibration import CALIBRATORS, fit_calibration
+from surelabel.calibration.uncertainty import describe
 from surelabel.cli.common import add_backend_args, backend_from, method_options_from, task_from
 from surelabel.cli.evaluate import add_labelled_args, labelled_from
 from surelabel.errors import UserError
-from surelabel.evaluate import score_labelled
+from surelabel.evaluate import from_predictions, score_labelled
 
 
 def register(sub: Any) -> None:
@@ -38,6 +39,13 @@ def register(sub: Any) -> None:
                         "is <= E with probability >= 1 - delta")
     p.add_argument("--delta", type=float, default=0.1, metavar="D",
                    help="allowed chance that the error guarantee fails (default: 0.1)")
+    p.add_argument("--predictions", metavar="JSONL",
+                   help="fit on an existing `surelabel classify` output for these rows "
+                        "(matched by id; raw, not calibrated, with the default prompt style) "
+                        "instead of running the model again")
+    p.add_argument("--guarantee-width", type=float, default=0.05, metavar="W",
+                   help="say how many labelled rows would bring the bound on the error among "
+                        "accepted items within W of the observed rate (default: 0.05)")
     p.add_argument("--alpha", type=float, metavar="A",
                    help="also fit conformal label sets with coverage 1 - A (single-label tasks)")
     add_backend_args(p)
@@ -55,12 +63,22 @@ def run(args: argparse.Namespace) -> int:
     _check_rate("--alpha", args.alpha)
     task = task_from(args)
     rows, y = labelled_from(args, task)
-    backend = backend_from(args)
-    scored = score_labelled(backend, task, rows, y, with_seed=False, quiet=args.quiet,
-                            options=method_options_from(args))
+    if args.predictions:
+        scored = from_predictions(args.predictions, task, rows, y)
+        if scored.calibrated:
+            raise UserError(f"{args.predictions}: these predictions are calibrated already; "
+                            "fit on raw ones (classify with --calibration none)")
+        model = scored.model or "?"
+        method = scored.source_method or "exact"
+    else:
+        backend = backend_from(args)
+        model = backend.model_name
+        scored = score_labelled(backend, task, rows, y, with_seed=False, quiet=args.quiet,
+                                options=method_options_from(args))
+        method = scored.method
     calibration, _ = fit_calibration(
         task,
-        backend.model_name,
+        model,
         scored.task_logprobs(task),
         scored.y,
         method=args.method,
@@ -69,7 +87,10 @@ def run(args: argparse.Namespace) -> int:
         target_error=args.target_error,
         delta=args.delta,
         alpha=args.alpha,
-        confidence_method=scored.method,
+        confidence_method=method,
+        scoring=scored.scoring,
+        assess_uncertainty=True,
+        guarantee_width=args.guarantee_width,
     )
     calibration.save(args.output)
     out = sys.stdout
@@ -79,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
         print(calibration.selection["reason"], file=out)
     if calibration.routing is not None:
         print(calibration.routing.message, file=out)
+    if calibration.uncertainty is not None:
+        for line in describe(calibration.uncertainty):
+            print(line, file=out)
     if calibration.conformal is not None:
         q = calibration.conformal["quantile"]
         what = ("every label (too few rows for this coverage)" if math.isinf(q)

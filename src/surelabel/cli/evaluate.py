@@ -103,8 +103,10 @@ def run(args: argparse.Namespace) -> int:
         model = backend.model_name
         if args.calibration:
             calibration = load(args.calibration, task, model)
-            calibration.check_method(full_distribution_method(backend.capabilities),
-                                     source=f"calibration file {args.calibration}")
+            full = full_distribution_method(backend.capabilities)
+            calibration.check_method(full, source=calibration.source)
+            calibration.check_scoring(method_options_from(args).scoring_key(full),
+                                      source=calibration.source)
         scored = score_labelled(backend, task, rows, y, with_seed="seed" in chosen,
                                 quiet=args.quiet, options=method_options_from(args))
     report = compare(task, model, scored, methods_=chosen, calibration=calibration,
