@@ -202,6 +202,8 @@ class Classifier:
             )
         state = dict(self.__dict__)
         state["_backend"] = None
+            self.calibrator.check_scoring(self.options.scoring_key(self._plan.method),
+                                          source=source)
         state["_plan"] = None
         del state["_lock"]
         return state

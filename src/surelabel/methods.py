@@ -22,13 +22,19 @@ from the backend's declared capabilities (:func:`resolve`, :func:`plan`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from surelabel import prompt
+import numpy as np
+
+from surelabel import debias, prompt
+from surelabel._numeric import safe_log
 from surelabel.backends.base import (
     SAMPLES,
     SAMPLING_TEMPERATURE,
@@ -60,16 +66,44 @@ class MethodOptions:
     ----------
     samples, sampling_temperature:
         Answers drawn per item by ``sampling``, and their temperature.
+    prompt:
+        How the answer format is shown (:data:`surelabel.prompt.PROMPT_STYLES`).
+    permutations:
+        Score each item under this many label orders (the order the labels are listed in
+        the prompt) and average the distributions (:func:`label_orders`); costs that many
+        times the scoring.
+    debias:
+        Divide out the model's prior over the labels, estimated from content-free inputs
+        (:mod:`surelabel.debias`); ``None``: on for the exact method, off for the others.
     """
 
     samples: int = SAMPLES
     sampling_temperature: float = SAMPLING_TEMPERATURE
+    prompt: str = prompt.DEFAULT_PROMPT_STYLE
+    permutations: int = 1
+    debias: bool | None = False
 
     def __post_init__(self) -> None:
         if self.samples < 1:
             raise UnsupportedMethodError("samples: must be at least 1")
         if self.sampling_temperature <= 0:
             raise UnsupportedMethodError("sampling temperature: must be above 0")
+        if self.permutations < 1:
+            raise UnsupportedMethodError("permutations: must be at least 1")
+        prompt.check_style(self.prompt)
+
+    def debias_for(self, method: str) -> bool:
+        """Whether debiasing applies to ``method`` (the default: exact only)."""
+        return method == "exact" if self.debias is None else self.debias
+
+    def scoring_key(self, method: str) -> dict[str, Any]:
+        """What changes the distributions a method gives (recorded in calibration files,
+        which refuse distributions made otherwise)."""
+        key: dict[str, Any] = {"prompt": self.prompt, "permutations": self.permutations,
+                               "debias": self.debias_for(method)}
+        if method == "sampling":
+            key.update(samples=self.samples, sampling_temperature=self.sampling_temperature)
+        return key
 
 
 DEFAULT_OPTIONS = MethodOptions()
@@ -141,9 +175,9 @@ def exact_batch(
     the order in which the model itself writes them. A text whose scoring fails gets its
     error in its place.
     """
-    del options
+    style = (options or DEFAULT_OPTIONS).prompt
     n = len(texts)
-    messages = [tuple(prompt.messages(task, t)) for t in texts]
+    messages = [tuple(prompt.messages(task, t, style)) for t in texts]
     dists: list[list[LabelDistribution]] = [[] for _ in range(n)]
     earlier: list[dict[str, bool]] = [{} for _ in range(n)]
     warnings: list[list[str]] = [[] for _ in range(n)]
@@ -254,9 +288,8 @@ def seed(
     options: MethodOptions | None = None,
 ) -> MethodResult:
     """The source technique: exp(logprob) of the first token of the generated label value."""
-    del options
     gen = backend.generate(
-        prompt.messages(task, text),
+        prompt.messages(task, text, (options or DEFAULT_OPTIONS).prompt),
         schema=_answer_schema(task, want_reason, backend.capabilities),
         max_tokens=SEED_MAX_TOKENS,
         top_logprobs=1,
@@ -285,7 +318,7 @@ def topk(
 
     caps = backend.capabilities
     gen = backend.generate(
-        prompt.messages(task, text),
+        prompt.messages(task, text, (options or DEFAULT_OPTIONS).prompt),
         schema=_answer_schema(task, want_reason, caps),
         max_tokens=SEED_MAX_TOKENS,
         top_logprobs=caps.max_top_logprobs,
@@ -341,7 +374,7 @@ def sampling(
     opts = options or DEFAULT_OPTIONS
     n = opts.samples
     gens = backend.sample(
-        prompt.messages(task, text), n=n, temperature=opts.sampling_temperature,
+        prompt.messages(task, text, opts.prompt), n=n, temperature=opts.sampling_temperature,
         schema=_answer_schema(task, want_reason, backend.capabilities),
         max_tokens=SEED_MAX_TOKENS,
     )
@@ -446,6 +479,159 @@ def plan(name: str, capabilities: Capabilities) -> Plan:
     return Plan(method, max(1, capabilities.concurrency), batch)
 
 
+def label_orders(n_labels: int, k: int) -> list[tuple[int, ...]]:
+    """The ``k`` label orders of permutation averaging: the task's own, then its reverse
+    (the first label last), then cyclic shifts spread evenly over the labels."""
+    base = tuple(range(n_labels))
+    orders: list[tuple[int, ...]] = [base]
+    if k > 1:
+        orders.append(tuple(reversed(base)))
+    j = 1
+    while len(orders) < k and j < n_labels:
+        shift = round(j * n_labels / max(1, k - 1)) % n_labels
+        candidate = base[shift:] + base[:shift]
+        if candidate not in orders:
+            orders.append(candidate)
+        j += 1
+    return orders[:k]
+
+
+def _reordered(task: Task, order: Sequence[int]) -> Task:
+    return dataclasses.replace(task, labels=tuple(task.labels[i] for i in order))
+
+
+def _in_task_order(task: Task, permuted: Task, result: MethodResult) -> list[LabelDistribution]:
+    """A permuted task's distributions, back in ``task``'s subtask and label order."""
+    del permuted  # the result names its subtasks and labels
+    by_name = dict(zip(result.names, result.distributions))
+    out = []
+    for sub in task.subtasks:
+        dist = by_name[sub.name] if len(task.subtasks) > 1 else result.distributions[0]
+        index = [dist.labels.index(name) for name in sub.labels]
+        out.append(LabelDistribution(
+            labels=sub.labels,
+            probabilities=tuple(dist.probabilities[i] for i in index),
+            logprobs=None if dist.logprobs is None else tuple(dist.logprobs[i] for i in index),
+            label_mass=dist.label_mass,
+            unseen=dist.unseen,
+        ))
+    return out
+
+
+def _average(dists: Sequence[LabelDistribution]) -> LabelDistribution:
+    """The mean of distributions over the same labels; the label mass is averaged too."""
+    probs = np.mean([d.probabilities for d in dists], axis=0)
+    masses = [d.label_mass for d in dists if d.label_mass is not None]
+    mass = float(np.mean(masses)) if masses else None
+    scale = math.log(mass) if mass else 0.0
+    return LabelDistribution(
+        labels=dists[0].labels,
+        probabilities=tuple(float(p) for p in probs),
+        logprobs=tuple(float(v) for v in safe_log(probs) + scale),
+        label_mass=mass,
+        unseen=tuple(sorted({u for d in dists for u in d.unseen})),
+    )
+
+
+def _run(
+    method: str,
+    backend: Backend,
+    task: Task,
+    texts: Sequence[str],
+    want_reason: bool,
+    options: MethodOptions,
+) -> list[MethodResult | BackendError]:
+    if method == "exact":
+        return exact_batch(backend, task, texts, want_reason, options)
+    fn = METHODS[method]
+    out: list[MethodResult | BackendError] = []
+    for text in texts:
+        try:
+            out.append(fn(backend, task, text, want_reason, options))
+        except BackendError as exc:
+            out.append(exc)
+    return out
+
+
+def _permuted(
+    method: str,
+    backend: Backend,
+    task: Task,
+    texts: Sequence[str],
+    want_reason: bool,
+    options: MethodOptions,
+) -> list[MethodResult | BackendError]:
+    """Permutation averaging: each label order scores every text (all texts under one order
+    before the next, so each order's shared prompt is evaluated once per batch)."""
+    orders = label_orders(len(task.labels), options.permutations)
+    runs = []
+    for j, order in enumerate(orders):
+        permuted = _reordered(task, order) if j else task
+        runs.append((permuted, _run(method, backend, permuted, texts, want_reason and j == 0,
+                                    options)))
+    out: list[MethodResult | BackendError] = []
+    for i in range(len(texts)):
+        first = runs[0][1][i]
+        failed = next((r[i] for _, r in runs if isinstance(r[i], BackendError)), None)
+        if failed is not None:
+            out.append(failed)
+            continue
+        assert isinstance(first, MethodResult)
+        per_order = []
+        for permuted, r in runs:
+            res = r[i]
+            assert isinstance(res, MethodResult)
+            per_order.append(_in_task_order(task, permuted, res))
+        dists = [_average([d[s] for d in per_order]) for s in range(len(task.subtasks))]
+        warnings = list(first.warnings)
+        info = {**first.info, "permutations": len(orders)}
+        out.append(MethodResult(tuple(dists), first.names, first.reason, tuple(warnings), info))
+    return out
+
+
+_priors: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], list[Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+_priors_lock = threading.Lock()
+
+
+def content_free_prior(
+    method: str, backend: Backend, task: Task, options: MethodOptions
+) -> list[Any]:
+    """The model's prior over each subtask's answers for this task, prompt and method,
+    from :data:`surelabel.debias.CONTENT_FREE_INPUTS` (scored once per backend, then
+    cached for the backend's lifetime)."""
+    key = (task.fingerprint(), method, dataclasses.replace(options, debias=False))
+    with _priors_lock:
+        cache = _priors.setdefault(backend, {})
+        if key in cache:
+            return cache[key]
+    plain = dataclasses.replace(options, debias=False)
+    results = _score(method, backend, task, debias.CONTENT_FREE_INPUTS, False, plain)
+    scored = [r.distributions for r in results if isinstance(r, MethodResult)]
+    if not scored:
+        first = next(r for r in results if isinstance(r, BackendError))
+        raise BackendError(f"debiasing: no content-free input could be scored ({first})",
+                           retryable=first.retryable)
+    prior = debias.estimate_prior(scored)
+    with _priors_lock:
+        _priors.setdefault(backend, {})[key] = prior
+    return prior
+
+
+def _score(
+    method: str,
+    backend: Backend,
+    task: Task,
+    texts: Sequence[str],
+    want_reason: bool,
+    options: MethodOptions,
+) -> list[MethodResult | BackendError]:
+    if options.permutations > 1:
+        return _permuted(method, backend, task, texts, want_reason, options)
+    return _run(method, backend, task, texts, want_reason, options)
+
+
 def run_batch(
     method: str,
     backend: Backend,
@@ -457,15 +643,22 @@ def run_batch(
     """Run a method on several texts; a text whose method fails gets its error in place.
 
     ``exact`` scores the texts together (:func:`exact_batch`); the others go one text at a
-    time (an API's parallelism comes from the caller's workers).
+    time (an API's parallelism comes from the caller's workers). With
+    ``options.permutations`` > 1 every label order scores the texts and the distributions
+    are averaged; with debiasing on (:meth:`MethodOptions.debias_for`) the content-free
+    prior is divided out and the result says ``"debiased": true``.
     """
-    if method == "exact":
-        return exact_batch(backend, task, texts, want_reason, options)
-    fn = METHODS[method]
+    opts = options or DEFAULT_OPTIONS
+    results = _score(method, backend, task, texts, want_reason, opts)
+    if not opts.debias_for(method) or not texts:
+        return results
+    prior = content_free_prior(method, backend, task, opts)
     out: list[MethodResult | BackendError] = []
-    for text in texts:
-        try:
-            out.append(fn(backend, task, text, want_reason, options))
-        except BackendError as exc:
-            out.append(exc)
+    for r in results:
+        if isinstance(r, BackendError):
+            out.append(r)
+            continue
+        dists = [debias.apply_prior(d, p) for d, p in zip(r.distributions, prior)]
+        out.append(MethodResult(tuple(dists), r.names, r.reason, r.warnings,
+                                {**r.info, "debiased": True}))
     return out

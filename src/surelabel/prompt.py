@@ -13,9 +13,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from surelabel.errors import TaskError
 from surelabel.task import Example, Subtask, Task
 
 REASON_MAX_WORDS = 10
+
+#: How the answer format is shown to the model.
+#:
+#: - ``placeholder``: the labels are listed on their own and the JSON example holds a
+#:   placeholder where the answer goes (``{"type": "<one of the labels above>"}``).
+#: - ``listed``: the JSON example writes the labels in (``{"type": "fruit" or "herb"}``),
+#:   so a real label value sits right where the answer starts: small models then answer
+#:   the first-listed label far too often (docs/CALIBRATION.md, "The prompt").
+PROMPT_STYLES: tuple[str, ...] = ("placeholder", "listed")
+DEFAULT_PROMPT_STYLE = "placeholder"
 
 
 @dataclass(frozen=True)
@@ -57,8 +68,16 @@ def answer_json(
     return json.dumps(payload, ensure_ascii=False)
 
 
-def system_prompt(task: Task) -> str:
+def check_style(style: str) -> str:
+    if style not in PROMPT_STYLES:
+        raise TaskError(f"unknown prompt style {style!r}; expected one of "
+                        f"{', '.join(PROMPT_STYLES)}")
+    return style
+
+
+def system_prompt(task: Task, style: str = DEFAULT_PROMPT_STYLE) -> str:
     """Instructions, the labels with their descriptions, and the answer format."""
+    check_style(style)
     lines = [task.instructions.strip(), ""]
     described = [label for label in task.labels if label.description]
     if task.kind == "multilabel":
@@ -71,11 +90,14 @@ def system_prompt(task: Task) -> str:
             lines.append(f"- {label.name}{desc}")
         lines.append("")
     reason = f', "reason": "<at most {REASON_MAX_WORDS} words>"' if task.reason else ""
+    yes_no = "<true or false>" if style == "placeholder" else "true or false"
     if task.kind == "multilabel":
-        inner = ", ".join(f'"{name}": true or false' for name in task.label_names)
+        inner = ", ".join(f'"{name}": {yes_no}' for name in task.label_names)
         fmt = f'{{"{task.field}": {{{inner}}}{reason}}}'
     elif task.boolean:
-        fmt = f'{{"{task.field}": true or false{reason}}}'
+        fmt = f'{{"{task.field}": {yes_no}{reason}}}'
+    elif style == "placeholder":
+        fmt = f'{{"{task.field}": "<one of the labels above>"{reason}}}'
     else:
         options = " or ".join(value_literal(task, name) for name in task.label_names)
         fmt = f'{{"{task.field}": {options}{reason}}}'
@@ -90,13 +112,13 @@ def _example_messages(task: Task, example: Example) -> list[Message]:
     ]
 
 
-def messages(task: Task, text: str) -> list[Message]:
+def messages(task: Task, text: str, style: str = DEFAULT_PROMPT_STYLE) -> list[Message]:
     """Chat messages for one item: system, few-shot turns, then the item as the user turn.
 
     Everything before the last message is the same for every item of a task, so a local
-    backend evaluates it once and reuses its KV cache.
+    backend evaluates it once and reuses its KV cache. ``style``: see :data:`PROMPT_STYLES`.
     """
-    out = [Message("system", system_prompt(task))]
+    out = [Message("system", system_prompt(task, style))]
     for example in task.examples:
         out.extend(_example_messages(task, example))
     out.append(Message("user", text))

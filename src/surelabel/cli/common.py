@@ -12,6 +12,7 @@ from surelabel.backends.base import SAMPLES, SAMPLING_TEMPERATURE
 from surelabel.backends.registry import BackendSpec, backend_factory, build_backend, parse_value
 from surelabel.errors import UserError
 from surelabel.methods import MethodOptions
+from surelabel.prompt import DEFAULT_PROMPT_STYLE, PROMPT_STYLES
 from surelabel.task import Task, Thresholds, load_task
 
 
@@ -61,6 +62,22 @@ def add_backend_args(parser: argparse.ArgumentParser) -> None:
                                        f"(default: {SAMPLING_TEMPERATURE})")
     api.add_argument("--no-cache", action="store_true",
                      help="do not read or write the response cache ($SURELABEL_CACHE_DIR)")
+    scoring = parser.add_argument_group("how labels are scored")
+    scoring.add_argument("--prompt-style", choices=PROMPT_STYLES, default=DEFAULT_PROMPT_STYLE,
+                         help="how the answer format is shown: placeholder (the labels listed "
+                              "apart, a placeholder in the JSON example) or listed (the labels "
+                              "written into the JSON example, which primes the first one) "
+                              f"(default: {DEFAULT_PROMPT_STYLE})")
+    scoring.add_argument("--permutations", type=int, default=1, metavar="K",
+                         help="score every item under K label orders and average (costs K "
+                              "times the scoring; default: 1)")
+    debias = scoring.add_mutually_exclusive_group()
+    debias.add_argument("--debias", dest="debias", action="store_true",
+                        default=MethodOptions().debias,
+                        help="divide out the model's label prior, estimated from "
+                             "content-free inputs (default: on for the exact method)")
+    debias.add_argument("--no-debias", dest="debias", action="store_false",
+                        help="keep the model's raw label prior")
 
 
 #: Command-line flag -> backend option, for the flags that map onto backend options.
@@ -121,7 +138,9 @@ def backend_from(args: argparse.Namespace) -> Backend:
 
 
 def method_options_from(args: argparse.Namespace) -> MethodOptions:
-    return MethodOptions(samples=args.samples, sampling_temperature=args.sampling_temperature)
+    return MethodOptions(samples=args.samples, sampling_temperature=args.sampling_temperature,
+                         prompt=args.prompt_style, permutations=args.permutations,
+                         debias=args.debias)
 
 
 def _headers(items: list[str]) -> dict[str, str]:
