@@ -18,130 +18,26 @@ Two parts:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
-import random
 import sys
-import time
-from collections.abc import Iterator
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _scores import EMBEDDED, OUT, SETS, debiased, ensure_scored, path_of, sample_rows, targets
+from _scores import load_task as load
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
-TASKS = REPO / "bench" / "tasks"
-OUT = REPO / "bench" / "results" / "trust"
-
-#: shared set -> task file
-SETS = {
-    "sst2": ("sst2_dev.jsonl", "sst2.yaml"),
-    "subj": ("subj.jsonl", "subj.yaml"),
-    "tweeteval_sentiment": ("tweeteval_sentiment_test.jsonl", "tweeteval_sentiment.yaml"),
-    "ag_news": ("ag_news_test_2k.jsonl", "ag_news.yaml"),
-    "trec": ("trec_coarse_test.jsonl", "trec.yaml"),
-    "usda": ("usda_food_groups.jsonl", "usda.yaml"),
-    "snips": ("snips_intents_test.jsonl", "snips.yaml"),
-    "tweeteval_emoji": ("tweeteval_emoji_test.jsonl", "tweeteval_emoji.yaml"),
-    "hwu64": ("hwu64.jsonl", "hwu64.yaml"),
-    "clinc150": ("clinc150_test.jsonl", "clinc150.yaml"),
-    "go_emotions": ("go_emotions_ekman_test.jsonl", "go_emotions.yaml"),
-    "reuters10": ("reuters10_test.jsonl", "reuters10.yaml"),
-}
 #: (prompt style, label order) passes scored
 PASSES = (("listed", 0), ("placeholder", 0), ("placeholder", 1), ("placeholder", 2))
 
 
-def sample_rows(name: str, n: int, seed: int = 0) -> list[dict[str, Any]]:
-    rows = [json.loads(line) for line in (DATA / SETS[name][0]).read_text().splitlines()
-            if line.strip()]
-    rng = random.Random(seed)
-    return rng.sample(rows, min(n, len(rows)))
-
-
-def load(name: str) -> Any:
-    from surelabel.task import load_task
-
-    return load_task(TASKS / SETS[name][1])
-
-
-def path_of(name: str, style: str, order: int, rows: int) -> Path:
-    return OUT / f"{name}.{style}.o{order}.n{rows}.npz"
-
-
 def score(names: list[str], n_rows: int, batch: int) -> None:
-    from surelabel import methods
     from surelabel.backends.llamacpp import LlamaCppBackend
 
-    OUT.mkdir(parents=True, exist_ok=True)
     backend = LlamaCppBackend()
     for name in names:
-        task = load(name)
-        rows = sample_rows(name, n_rows)
-        texts = [str(r["text"]) for r in rows]
         for style, j in PASSES:
-            target = path_of(name, style, j, n_rows)
-            orders = methods.label_orders(len(task.labels), 3)
-            if target.exists() or j >= len(orders):
-                continue
-            order = orders[j]
-            permuted = replace(task, labels=tuple(task.labels[i] for i in order))
-            opts = methods.MethodOptions(prompt=style, debias=False)
-            with cpu_lock():
-                out, seconds, cf_lp = _score_pass(backend, task, permuted, texts, opts, batch)
-            np.savez_compressed(target, logprobs=np.stack(out), content_free=np.stack(cf_lp),
-                                seconds=seconds)
-            print(f"{name} {style} order {j}: {len(texts)} rows in {seconds:.0f} s "
-                  f"({seconds / len(texts):.2f} s/row)", flush=True)
+            ensure_scored(backend, name, n_rows, style, j, batch)
     backend.close()
-
-
-@contextlib.contextmanager
-def cpu_lock() -> Iterator[None]:
-    """Hold /tmp/surelabel-cpu.lock while the model runs (one heavy job at a time here)."""
-    with open("/tmp/surelabel-cpu.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _score_pass(backend: Any, task: Any, permuted: Any, texts: list[str], opts: Any,
-                batch: int) -> tuple[list[Any], float, list[Any]]:
-    from surelabel import methods
-    from surelabel.debias import CONTENT_FREE_INPUTS
-    from surelabel.evaluate import result_logprobs
-
-    start = time.perf_counter()
-    out = []
-    for k in range(0, len(texts), batch):
-        res = methods.run_batch("exact", backend, permuted, texts[k : k + batch], False, opts)
-        for r in res:
-            if isinstance(r, Exception):
-                raise r
-            out.append(result_logprobs(_original(task, permuted, r)))
-    seconds = time.perf_counter() - start
-    cf = methods.run_batch("exact", backend, permuted, list(CONTENT_FREE_INPUTS), False, opts)
-    cf_lp = [result_logprobs(_original(task, permuted, r)) for r in cf
-             if not isinstance(r, Exception)]
-    return out, seconds, cf_lp
-
-
-def _original(task: Any, permuted: Any, result: Any) -> Any:
-    from surelabel import methods
-
-    dists = methods._in_task_order(task, permuted, result)
-    return methods.MethodResult(tuple(dists), tuple(s.name for s in task.subtasks))
-
-
-def targets(name: str, task: Any, rows: list[dict[str, Any]]) -> Any:
-    from surelabel.subtasks import label_indices
-
-    return label_indices(task, [r["label"] for r in rows])
 
 
 def metrics_of(task: Any, p3: np.ndarray, y: Any, order: tuple[int, ...]) -> dict[str, Any]:
@@ -173,10 +69,10 @@ def report(names: list[str], n_rows: int) -> None:
     for name in names:
         task = load(name)
         rows = sample_rows(name, n_rows)
-        y = targets(name, task, rows)
+        y = targets(task, rows)
         data = {}
         for style, j in PASSES:
-            p = path_of(name, style, j, n_rows)
+            p = path_of(EMBEDDED, name, style, j, n_rows)
             if p.exists():
                 data[(style, j)] = np.load(p)
         if ("placeholder", 0) not in data:
@@ -208,13 +104,9 @@ def report(names: list[str], n_rows: int) -> None:
                 summary[name][f"perm{j + 1}"] = m
         d = data[("placeholder", 0)]
         raw = softmax(d["logprobs"], axis=2)
-        deb = {}
-        for label, cf in (("all", d["content_free"]),
-                          ("classic", d["content_free"][: len(debias.CONTENT_FREE)])):
-            prior = np.stack(debias.estimate_prior(
-                [[_dist(task, s, cf[i, s]) for s in range(cf.shape[1])]
-                 for i in range(len(cf))]))
-            deb[label] = softmax(d["logprobs"] - np.log(prior)[None], axis=2)
+        deb = {label: softmax(debiased(d["logprobs"], cf, task), axis=2)
+               for label, cf in (("all", d["content_free"]),
+                                 ("classic", d["content_free"][: len(debias.CONTENT_FREE)]))}
         mr = metrics_of(task, raw, y, orders[0])
         md = metrics_of(task, deb["all"], y, orders[0])
         mc = metrics_of(task, deb["classic"], y, orders[0])
@@ -228,12 +120,6 @@ def report(names: list[str], n_rows: int) -> None:
     print("\n".join(lines_perm), "\n")
     print("\n".join(lines_debias))
     (OUT / f"summary.n{n_rows}.json").write_text(json.dumps(summary, indent=1))
-
-
-def _dist(task: Any, s: int, lp: np.ndarray) -> Any:
-    from surelabel.distribution import LabelDistribution
-
-    return LabelDistribution.from_logprobs(task.subtasks[s].labels, lp.tolist())
 
 
 def _f(x: Any) -> str:

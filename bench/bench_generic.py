@@ -1,0 +1,143 @@
+"""Build and measure the generic (task-independent) calibration of a model.
+
+Every shared set is scored once (cached, see ``_scores.py``) with the default prompt and
+options; a cross-task confidence model (:mod:`surelabel.calibration.generic`) is fitted on
+the answers, and its transfer measured by leaving each task out in turn: fitted on the other
+sets, evaluated on the left-out one (ECE of its answers; share of rows accepted at the
+task's threshold, and the accuracy of those). The map fitted on all sets is written where
+the package ships it (``--write``), or to ``--out``.
+
+    python bench/bench_generic.py --rows 150 --write          # the embedded model
+    python bench/bench_generic.py --backend 'openai:{"base_url": "http://127.0.0.1:8080/v1"}' \\
+        --rows 150 --out my-model.json                         # build one for another model
+
+Use the result with ``surelabel classify ... --calibration generic:my-model.json`` (the shipped
+one for the embedded model is used by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _scores import SETS, debiased, ensure_scored, load_task, sample_rows, targets
+
+ACCEPT = 0.9
+
+
+def answers(task: Any, logprobs: np.ndarray, cf: np.ndarray, y: Any, debias: bool) -> Any:
+    """(probs (m, K), masses (m,), correct (m,), yes_no) over every (row, subtask) answer, and
+    the row view: (row ids (m,), n rows)."""
+    from surelabel._numeric import softmax
+    from surelabel.subtasks import subtask_targets
+
+    lp = debiased(logprobs, cf, task) if debias else logprobs
+    p3 = softmax(lp, axis=2)
+    raw_total = np.logaddexp.reduce(logprobs, axis=2)  # the model's mass on the labels
+    mass = np.exp(np.minimum(raw_total, 0.0))
+    y2 = subtask_targets(task, y)
+    n, s, k = p3.shape
+    probs = p3.reshape(n * s, k)
+    correct = (p3.argmax(axis=2) == y2).reshape(-1)
+    rows = np.repeat(np.arange(n), s)
+    return probs, mass.reshape(-1), correct, task.kind == "multilabel", rows, n
+
+
+def evaluate(cal: Any, data: Any) -> dict[str, Any]:
+    from surelabel import metrics
+
+    probs, mass, correct, yes_no, rows, n = data
+    conf = cal.confidence(probs, mass, yes_no) if cal is not None else probs.max(axis=1)
+    row_conf = np.full(n, np.inf)
+    np.minimum.at(row_conf, rows, conf)
+    row_ok = np.ones(n, dtype=bool)
+    np.logical_and.at(row_ok, rows, correct)
+    accepted = row_conf > ACCEPT
+    return {
+        "ece": metrics.calibration_error(conf, correct, 15, "uniform"),
+        "smooth_ece": metrics.smooth_calibration_error(conf, correct),
+        "mean_confidence": float(conf.mean()),
+        "accuracy": float(correct.mean()),
+        "accept_share": float(accepted.mean()),
+        "accepted_accuracy": float(row_ok[accepted].mean()) if accepted.any() else None,
+        "auroc": metrics.confidence_auroc_score(conf, correct),
+    }
+
+
+def main() -> None:
+    from surelabel.backends.registry import BackendSpec, build_backend
+    from surelabel.calibration.generic import FEATURES, fit_generic, shipped_path
+    from surelabel.methods import DEFAULT_OPTIONS, full_distribution_method
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", default="llamacpp", help="backend spec (default: llamacpp)")
+    parser.add_argument("--rows", type=int, default=150)
+    parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--l2", type=float, default=1e-2)
+    parser.add_argument("--write", action="store_true",
+                        help="write the map where the package ships it for this model")
+    parser.add_argument("--out", type=Path, help="write the map here")
+    parser.add_argument("--json", type=Path, help="write the transfer table as JSON")
+    args = parser.parse_args()
+    backend = build_backend(BackendSpec.parse(args.backend))
+    model = backend.model_name
+    method = full_distribution_method(backend.capabilities)
+    scoring = DEFAULT_OPTIONS.scoring_key(method)
+    debias = bool(scoring["debias"])
+    names = [s for s in args.sets.split(",") if s]
+    data = {}
+    for name in names:
+        path = ensure_scored(backend, name, args.rows, DEFAULT_OPTIONS.prompt, 0)
+        assert path is not None
+        d = np.load(path)
+        task = load_task(name)
+        y = targets(task, sample_rows(name, args.rows))
+        data[name] = answers(task, d["logprobs"], d["content_free"], y, debias)
+    backend.close()
+
+    def sets_except(skip: str | None) -> list[Any]:
+        return [(name, *data[name][:4]) for name in names if name != skip]
+
+    print(f"model {model}, method {method}, scoring {scoring}, {args.rows} rows per set\n")
+    print("| left-out set | answers | accuracy | ECE raw | ECE generic | smooth ECE | "
+          "accepted raw (acc) | accepted generic (acc) | AUROC |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    transfer = {}
+    for name in names:
+        cal = fit_generic(model, scoring, sets_except(name), l2=args.l2)
+        raw, gen = evaluate(None, data[name]), evaluate(cal, data[name])
+        transfer[name] = {"raw": raw, "generic": gen}
+
+        def acc(m: dict[str, Any]) -> str:
+            a = m["accepted_accuracy"]
+            return f"{m['accept_share']:.1%} ({'-' if a is None else f'{a:.2f}'})"
+
+        print(f"| {name} | {len(data[name][0])} | {gen['accuracy']:.3f} | {raw['ece']:.3f} | "
+              f"{gen['ece']:.3f} | {gen['smooth_ece']:.3f} | {acc(raw)} | {acc(gen)} | "
+              f"{gen['auroc']:.3f} |")
+    met = [n for n, t in transfer.items() if t["generic"]["ece"] <= 0.10 and (
+        t["generic"]["accepted_accuracy"] is None or t["generic"]["accepted_accuracy"] >= 0.9)]
+    print(f"\ntargets (ECE <= 0.10, accepted >= 90 % right or none accepted) met on "
+          f"{len(met)} of {len(names)} left-out sets")
+    full = fit_generic(model, scoring, sets_except(None), l2=args.l2)
+    full.transfer = {n: {k: t["generic"][k] for k in ("ece", "accept_share",
+                                                      "accepted_accuracy")}
+                     for n, t in transfer.items()}
+    print("\nstandardized weights of the map fitted on all sets (log-odds of 'right' per "
+          "standard deviation of the feature):")
+    for feature, w in zip(FEATURES, full.coef[:-1]):
+        print(f"  {feature:16s} {w:+.3f}")
+    if args.write or args.out:
+        out = args.out or shipped_path(model)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        full.save(out)
+        print(f"\nwrote {out}")
+    if args.json:
+        args.json.write_text(json.dumps(transfer, indent=1))
+
+
+if __name__ == "__main__":
+    main()

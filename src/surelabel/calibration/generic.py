@@ -1,0 +1,264 @@
+"""A task-independent calibration for one model: honest confidences before any labelling.
+
+A task calibration (``surelabel calibrate``) needs labelled rows of the task. Until a user
+has them, :class:`GenericCalibration` maps what a label distribution looks like to the
+probability that its top answer is right, learnt **across tasks** for one model: the top
+probability, the margin to the runner-up, the entropy, the label mass, the number of
+answers, and whether it is a multilabel yes/no. Fitted on the labelled shared sets
+(``bench/bench_generic.py``, which also measures how it transfers to a task it was not
+fitted on, leaving each set out in turn), and shipped in the package for the embedded model
+(:func:`load_generic`); ``classify`` uses it when a task has no calibration of its own.
+
+Only the top answer's probability is replaced; the others keep their ratios, and the top
+answer stays on top.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import importlib.resources
+import json
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from surelabel._numeric import FloatArray
+from surelabel.calibration._optim import newton
+from surelabel.distribution import LabelDistribution
+from surelabel.errors import CalibrationError
+from surelabel.task import YES_NO
+
+FORMAT = "surelabel-generic-calibration"
+VERSION = 1
+#: Names of the features, in the order of :func:`features`.
+FEATURES: tuple[str, ...] = (
+    "logit_top", "margin", "entropy_ratio", "log_answers", "log_label_mass", "yes_no",
+)
+_EPS = 1e-6
+
+
+def _logit(p: FloatArray) -> FloatArray:
+    q = np.clip(p, _EPS, 1 - _EPS)
+    return np.asarray(np.log(q / (1 - q)), dtype=np.float64)
+
+
+def features(probs: FloatArray, label_mass: FloatArray, yes_no: bool) -> FloatArray:
+    """The features of ``(n, K)`` distributions (their label masses ``(n,)``)."""
+    p = np.asarray(probs, dtype=np.float64)
+    k = p.shape[1]
+    srt = np.sort(p, axis=1)
+    top, second = srt[:, -1], srt[:, -2]
+    entropy = -np.sum(np.where(p > 0, p * np.log(np.maximum(p, 1e-300)), 0.0), axis=1)
+    mass = np.clip(np.asarray(label_mass, dtype=np.float64), 1e-12, 1.0)
+    return np.stack([
+        _logit(top),
+        top - second,
+        entropy / math.log(k),
+        np.full(len(p), math.log(k)),
+        np.log(mass),
+        np.full(len(p), 1.0 if yes_no else 0.0),
+    ], axis=1)
+
+
+def _sigmoid(z: FloatArray) -> FloatArray:
+    return np.asarray(0.5 * (1 + np.tanh(z / 2)), dtype=np.float64)
+
+
+def fit_logistic(
+    x: FloatArray, correct: NDArray[np.bool_], weights: FloatArray, l2: float
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Weighted, L2-penalized logistic regression of ``correct`` on standardized ``x``.
+
+    Returns (coefficients, intercept-included, feature means, feature scales)."""
+    mean = np.average(x, axis=0, weights=weights)
+    scale = np.sqrt(np.average((x - mean) ** 2, axis=0, weights=weights))
+    scale = np.where(scale > 1e-9, scale, 1.0)
+    z = np.concatenate([(x - mean) / scale, np.ones((len(x), 1))], axis=1)
+    t = np.asarray(correct, dtype=np.float64)
+    w = weights / weights.sum()
+    pen = np.full(z.shape[1], l2)
+    pen[-1] = 0.0
+
+    def loss(beta: FloatArray) -> float:
+        s = z @ beta
+        return float(np.sum(w * (np.logaddexp(0.0, s) - t * s)) + 0.5 * pen @ beta**2)
+
+    def grad_hess(beta: FloatArray) -> tuple[FloatArray, FloatArray]:
+        p = _sigmoid(z @ beta)
+        grad = z.T @ (w * (p - t)) + pen * beta
+        hess = z.T @ (z * (w * p * (1 - p))[:, None]) + np.diag(pen) + 1e-9 * np.eye(len(beta))
+        return grad, hess
+
+    prior = float(np.clip(np.sum(w * t), 1e-3, 1 - 1e-3))
+    beta0 = np.zeros(z.shape[1])
+    beta0[-1] = math.log(prior / (1 - prior))
+    beta = newton(loss, grad_hess, beta0, 100)
+    return beta, mean, scale
+
+
+@dataclasses.dataclass
+class GenericCalibration:
+    """A cross-task confidence model for one model (see the module docstring).
+
+    Implements the classifier's ``calibrate(distribution, label=None)`` hook.
+
+    Attributes
+    ----------
+    model:
+        The model it was fitted for (a generic calibration of another model is not used).
+    scoring:
+        How the distributions were scored (prompt style, label orders, debiasing).
+    coef, mean, scale:
+        The logistic map on standardized :data:`FEATURES` (``coef`` ends with the intercept).
+    fitted_on:
+        The sets it was fitted on, with their row counts.
+    transfer:
+        Leave-one-task-out figures measured when it was built (for the record).
+    """
+
+    model: str
+    scoring: dict[str, Any]
+    coef: list[float]
+    mean: list[float]
+    scale: list[float]
+    fitted_on: dict[str, int] = dataclasses.field(default_factory=dict)
+    transfer: dict[str, Any] = dataclasses.field(default_factory=dict)
+    created: str = dataclasses.field(
+        default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    )
+    source: str = dataclasses.field(default="the generic calibration", compare=False)
+
+    kind = "generic"
+
+    @property
+    def method(self) -> str:
+        return "generic"
+
+    @property
+    def id(self) -> str:
+        data = json.dumps({"coef": self.coef, "mean": self.mean, "scale": self.scale,
+                           "model": self.model, "scoring": self.scoring}, sort_keys=True)
+        return f"generic-{hashlib.sha256(data.encode()).hexdigest()[:10]}"
+
+    def confidence(self, probs: FloatArray, label_mass: FloatArray, yes_no: bool) -> FloatArray:
+        """P(top answer right) for ``(n, K)`` distributions."""
+        x = features(probs, label_mass, yes_no)
+        z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
+        coef = np.asarray(self.coef)
+        return _sigmoid(z @ coef[:-1] + coef[-1])
+
+    def predict_proba(self, probs: FloatArray, label_mass: FloatArray, yes_no: bool) -> FloatArray:
+        """Calibrated ``(n, K)`` distributions: the top answer's probability replaced by its
+        :meth:`confidence`, the others scaled to share the rest in their old ratios."""
+        p = np.asarray(probs, dtype=np.float64)
+        rows = np.arange(len(p))
+        top = p.argmax(axis=1)
+        p1 = p[rows, top]
+        p2 = np.sort(p, axis=1)[:, -2]
+        # The lowest confidence that keeps the top answer on top after rescaling.
+        floor = p2 / np.maximum(1 - p1 + p2, 1e-12)
+        conf = np.maximum(self.confidence(p, label_mass, yes_no), np.minimum(floor + 1e-9, 1.0))
+        out = p * ((1 - conf) / np.maximum(1 - p1, 1e-12))[:, None]
+        out[rows, top] = conf
+        return np.asarray(out, dtype=np.float64)
+
+    def calibrate(
+        self, distribution: LabelDistribution, label: str | None = None
+    ) -> LabelDistribution:
+        del label
+        p = np.asarray(distribution.probabilities, dtype=np.float64)[None, :]
+        mass = np.array([distribution.label_mass if distribution.label_mass else 1.0])
+        out = self.predict_proba(p, mass, distribution.labels == YES_NO)[0]
+        return distribution.with_probabilities(out.tolist())
+
+    def check(self, model: str, scoring: dict[str, Any]) -> str | None:
+        """Why it does not apply to this run (another model or scoring), or ``None``."""
+        if model != self.model:
+            return f"it was fitted for model {self.model!r}, not {model!r}"
+        for key, value in self.scoring.items():
+            if scoring.get(key) != value:
+                return f"it was fitted on {key} {value!r}, this run uses {scoring.get(key)!r}"
+        return None
+
+    # -- persistence --------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, "created": self.created,
+                "model": self.model, "scoring": self.scoring, "features": list(FEATURES),
+                "coef": self.coef, "mean": self.mean, "scale": self.scale,
+                "fitted_on": self.fitted_on, "transfer": self.transfer}
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "generic calibration") -> GenericCalibration:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise CalibrationError(f"{source}: not a surelabel generic calibration file")
+        if data.get("version") != VERSION or data.get("features") != list(FEATURES):
+            raise CalibrationError(f"{source}: made by another surelabel version; refit it "
+                                   "with bench/bench_generic.py")
+        try:
+            return cls(model=str(data["model"]), scoring=dict(data["scoring"]),
+                       coef=[float(v) for v in data["coef"]],
+                       mean=[float(v) for v in data["mean"]],
+                       scale=[float(v) for v in data["scale"]],
+                       fitted_on=dict(data.get("fitted_on") or {}),
+                       transfer=dict(data.get("transfer") or {}),
+                       created=str(data.get("created", "")), source=source)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CalibrationError(f"{source}: malformed ({exc})") from exc
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
+
+
+def fit_generic(
+    model: str,
+    scoring: dict[str, Any],
+    sets: Sequence[tuple[str, FloatArray, FloatArray, NDArray[np.bool_], bool]],
+    *,
+    l2: float = 1e-2,
+) -> GenericCalibration:
+    """Fit the cross-task map on labelled answers of several tasks.
+
+    ``sets``: (name, ``(n, K)`` distributions, ``(n,)`` label masses, ``(n,)`` whether the
+    top answer was right, whether these are multilabel yes/no answers). Every set weighs the
+    same in the fit, however many answers it has, so no task dominates.
+    """
+    xs, ts, ws = [], [], []
+    for _, probs, mass, correct, yes_no in sets:
+        xs.append(features(probs, mass, yes_no))
+        ts.append(np.asarray(correct, dtype=bool))
+        ws.append(np.full(len(probs), 1.0 / max(1, len(probs))))
+    beta, mean, scale = fit_logistic(np.concatenate(xs), np.concatenate(ts),
+                                     np.concatenate(ws), l2)
+    return GenericCalibration(model=model, scoring=dict(scoring), coef=beta.tolist(),
+                              mean=mean.tolist(), scale=scale.tolist(),
+                              fitted_on={name: len(p) for name, p, *_ in sets})
+
+
+def _file_name(model: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", model) + ".json"
+
+
+def load_generic(model: str) -> GenericCalibration | None:
+    """The generic calibration shipped for ``model``, if there is one."""
+    try:
+        root = importlib.resources.files("surelabel.calibration") / "generic"
+        resource = root / _file_name(model)
+        if not resource.is_file():
+            return None
+        data = json.loads(resource.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return GenericCalibration.from_dict(data, source=f"the generic calibration of {model}")
+
+
+def shipped_path(model: str) -> Path:
+    """Where the generic calibration of ``model`` is kept in this source tree."""
+    return Path(__file__).parent / "generic" / _file_name(model)
