@@ -98,7 +98,8 @@ def test_add_item_is_idempotent_by_client_id(store: Store) -> None:
     b, _ = store.add_item("t", record("x", 0.6))
     assert a.id != b.id
     got = store.get_item(first.id).to_dict()
-    assert got["calibration"] == "cal-1" and got["label"] == "fruit" and got["status"] == "open"
+    assert got["calibration_version"] == "cal-1" and got["calibration"] == "task"
+    assert got["label"] == "fruit" and got["status"] == "open"
     assert got["probabilities"] == {"fruit": 0.7, "vegetable": pytest.approx(0.3)}
 
 
@@ -280,3 +281,143 @@ def test_package_names_load_on_first_use() -> None:
             "assert 'sqlalchemy' not in sys.modules, 'sqlalchemy was imported'")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_migration_from_the_one_answer_schema_keeps_its_answers(db_url: str) -> None:
+    """A database made by m001 alone, with a settled item and a reviewer, upgrades: the
+    answer becomes the item's first review and the reviewer keeps every task."""
+    from sqlalchemy import create_engine
+
+    from surelabel.store.base import normalize_url
+    from surelabel.store.migrations import MIGRATIONS, _applied
+
+    engine = create_engine(normalize_url(db_url))
+    with engine.begin() as conn:
+        _applied.create(conn, checkfirst=True)
+        MIGRATIONS[0][1](conn)
+        conn.execute(_applied.insert().values(name=MIGRATIONS[0][0], applied_at=0.0))
+        conn.execute(text(
+            "INSERT INTO items (task, text, label, confidence, decision, record, status, "
+            "created_at, review_action, review_label, reviewer, reviewed_at) VALUES "
+            "('t', 'kiwi', '\"fruit\"', 0.6, 'review', '{\"label\": \"fruit\"}', "
+            "'reviewed', 1.0, 'accept', '\"fruit\"', 'old-timer', 2.0)"))
+        conn.execute(text("INSERT INTO users (name, role, password_hash, created_at) "
+                          "VALUES ('old-timer', 'reviewer', 'x', 0.0)"))
+    engine.dispose()
+    store = Store(db_url)
+    try:
+        (item,) = list(store.all_items("t"))
+        assert item.review_count == 1 and item.settled_by == "agreement"
+        (review,) = store.reviews_of(item.id)
+        assert (review.reviewer, review.label, review.action) == ("old-timer", "fruit", "accept")
+        user = store.list_users()[0]
+        assert user.can_review("any-task") and not user.can_adjudicate("any-task")
+        assert store.stats("t")["reviews"]["total"] == 1
+    finally:
+        store.close()
+
+
+def test_two_reviewers_settle_and_disagreements_wait(store: Store) -> None:
+    item, _ = store.add_item("t", record("plum", 0.6), reviews_needed=2)
+    first = store.answer(item.id, "alice", label="fruit")
+    assert first.status == "open" and first.review_count == 1
+    assert first.to_dict()["review"] is None
+    with pytest.raises(ConflictError, match="alice already answered"):
+        store.answer(item.id, "alice", label="vegetable")
+    second = store.answer(item.id, "bob", label="vegetable")
+    assert second.status == "disputed"
+    with pytest.raises(ConflictError, match="waits for an adjudicator"):
+        store.answer(item.id, "carol", label="fruit")
+    with pytest.raises(ConflictError, match="already answered"):
+        store.answer(item.id, "bob", label="fruit", adjudicate=True)
+    done = store.answer(item.id, "carol", label="vegetable", adjudicate=True)
+    assert (done.status, done.settled_by, done.review_label, done.review_action) == (
+        "reviewed", "adjudication", "vegetable", "correct")
+    both, _ = store.add_item("t", record("fig", 0.6), reviews_needed=2)
+    store.answer(both.id, "alice", clarify=True, note="which fig?")
+    agreed = store.answer(both.id, "bob", clarify=True, note="tree or fruit?")
+    assert agreed.status == "reviewed" and agreed.review_action == "clarify"
+    assert agreed.review_note == "which fig? | tree or fruit?"
+
+
+def test_concurrent_second_answers_only_one_counts(store: Store) -> None:
+    """Six reviewers race for the last answer an item needs: exactly one gets it."""
+    item, _ = store.add_item("t", record("plum", 0.6), reviews_needed=2)
+    store.answer(item.id, "first", label="fruit")
+    outcomes: list[str] = []
+    barrier = threading.Barrier(6)
+
+    def reviewer(name: str) -> None:
+        barrier.wait()
+        try:
+            store.answer(item.id, name, label="fruit")
+            outcomes.append("ok")
+        except ConflictError:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=reviewer, args=(f"r{i}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["conflict"] * 5 + ["ok"]
+    done = store.get_item(item.id)
+    assert done.review_count == 2 and len(store.reviews_of(item.id)) == 2
+    assert done.status == "reviewed"
+
+
+def test_undo_last_answer(store: Store, clock: Clock) -> None:
+    item, _ = store.add_item("t", record("apple", 0.95, decision="accept"))
+    assert item.status == "auto"
+    store.answer(item.id, "alice", label="vegetable")
+    back = store.undo_last("alice", within=60)
+    assert back.status == "auto" and back.review_count == 0 and back.claimed_by is None
+    other, _ = store.add_item("t", record("pear", 0.6))
+    store.answer(other.id, "alice", label="fruit")
+    clock.t += 61
+    with pytest.raises(NotFoundError, match="nothing to undo"):
+        store.undo_last("alice", within=60)
+
+
+def test_task_roles_and_token_tasks(store: Store) -> None:
+    store.add_user("ann", "reviewer", "x" * 12, tasks=["a", "b"], quota=5)
+    store.add_user("adj", "adjudicator", "x" * 12)
+    store.add_user("root", "admin", "x" * 12)
+    ann, adj, root = (store.get_user(n) for n in ("ann", "adj", "root"))
+    assert ann.can_review("a") and not ann.can_review("c") and not ann.can_adjudicate("a")
+    assert ann.quota("b") == 5 and ann.quota("c") is None
+    assert adj.can_adjudicate("anything") and root.can_adjudicate("c") and root.is_admin
+    store.grant("ann", "c", "adjudicator")
+    assert store.get_user("ann").can_adjudicate("c")
+    store.revoke_grant("ann", "a")
+    assert not store.get_user("ann").can_review("a")
+    with pytest.raises(NotFoundError):
+        store.revoke_grant("ann", "a")
+    with pytest.raises(Exception, match="unknown task role"):
+        store.grant("ann", "a", "admin")
+    token = store.create_token("bot", ["classify"], task="a")
+    found = store.check_token(token)
+    assert found is not None and found.allows("a") and not found.allows("b")
+    store.revoke_token_id(found.id)
+    assert store.check_token(token) is None
+
+
+def test_calibration_versions(store: Store) -> None:
+    data = {"format": "surelabel-calibration", "n_fitted": 12, "calibrator": {"method": "t"}}
+    v1, new = store.add_calibration("t", data, source="file", actor="me", method="t",
+                                    n_fitted=12)
+    assert new and store.active_calibration_id("t") == v1
+    assert store.add_calibration("t", data, source="file", actor="me") == (v1, False)
+    v2, _ = store.add_calibration("t", {**data, "n_fitted": 20}, source="refit", actor="me",
+                                  method="t", n_fitted=20, heldout_ece=0.05)
+    assert store.active_calibration_id("t") == v2
+    assert store.rollback_calibration("t", actor="me") == v1
+    assert store.rollback_calibration("t", actor="me") is None
+    with pytest.raises(ConflictError):
+        store.rollback_calibration("t", actor="me")
+    store.activate_calibration("t", v2, actor="me")
+    assert store.calibration_summary("t")["active"]["heldout_ece"] == 0.05
+    with pytest.raises(NotFoundError):
+        store.activate_calibration("t", 999, actor="me")
+    assert store.get_calibration("t", v1).data == data
+    assert [v.id for v in store.list_calibrations("t")] == [v1, v2]

@@ -31,6 +31,7 @@ _TASK_KEYS = {
     "reason",
     "thresholds",
     "examples",
+    "review",
 }
 
 
@@ -140,6 +141,10 @@ class Task:
         Decision thresholds.
     examples:
         Optional few-shot examples.
+    review:
+        Settings of the review service for this task (the task file's ``review:``
+        section; ``surelabel serve`` reads and checks them, other commands ignore them).
+        They change neither the prompt nor the fingerprint.
     """
 
     name: str
@@ -150,6 +155,9 @@ class Task:
     reason: bool = False
     thresholds: Thresholds = dataclasses.field(default_factory=Thresholds)
     examples: tuple[Example, ...] = ()
+    review: Mapping[str, Any] = dataclasses.field(
+        default_factory=dict, hash=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         # Labels and examples may be given as plain data: ("positive", "negative").
@@ -226,7 +234,9 @@ class Task:
 
     def fingerprint(self) -> str:
         """A short hash of everything that changes the prompt or the label set."""
-        payload = json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False)
+        data = self.to_dict()
+        data.pop("review", None)  # service settings: the prompt is the same
+        payload = json.dumps(data, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
@@ -247,6 +257,7 @@ class Task:
                 }
                 for ex in self.examples
             ],
+            **({"review": dict(self.review)} if self.review else {}),
         }
 
     @classmethod
@@ -279,6 +290,7 @@ class Task:
             reason=reason,
             thresholds=_parse_thresholds(data.get("thresholds")),
             examples=_parse_examples(data.get("examples"), kind),
+            review=_parse_review(data.get("review")),
         )
 
 
@@ -340,6 +352,14 @@ def _parse_thresholds(raw: Any) -> Thresholds:
     return Thresholds(**{k: raw[k] for k in ("accept", "clarify") if k in raw})
 
 
+def _parse_review(raw: Any) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise TaskError("review: expected a mapping of review-service settings")
+    return {str(k): v for k, v in raw.items()}
+
+
 def _parse_examples(raw: Any, kind: str) -> tuple[Example, ...]:
     if raw is None:
         return ()
@@ -368,6 +388,60 @@ def _parse_examples(raw: Any, kind: str) -> tuple[Example, ...]:
     return tuple(out)
 
 
+#: Values a task file may hold once YAML aliases are expanded. A real task file holds a few
+#: thousand; an "alias bomb" (a few lines of anchors referring to anchors) holds billions,
+#: and walking it takes minutes and gigabytes.
+MAX_YAML_VALUES = 1_000_000
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _load_yaml(text: str) -> Any:
+    """``yaml.safe_load``, refusing a document whose aliases expand past
+    :data:`MAX_YAML_VALUES` values before anything walks the expanded data."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size: dict[int, int] = {}
+
+        # Expanded size of each node, each node visited once (an alias is the same node
+        # object again, so shared sub-trees are counted as often as they are used but
+        # walked only once).
+        def expanded(n: yaml.Node, depth: int = 0) -> int:
+            key = id(n)
+            if key in size:
+                return size[key]
+            if depth > 1000:
+                raise _TooLarge("YAML nested more than 1000 levels deep")
+            size[key] = MAX_YAML_VALUES + 1  # a node inside itself (recursive alias)
+            total = 1
+            if isinstance(n, yaml.SequenceNode):
+                for child in n.value:
+                    total += expanded(child, depth + 1)
+                    if total > MAX_YAML_VALUES:
+                        break
+            elif isinstance(n, yaml.MappingNode):
+                for k, v in n.value:
+                    total += expanded(k, depth + 1) + expanded(v, depth + 1)
+                    if total > MAX_YAML_VALUES:
+                        break
+            size[key] = total
+            return total
+
+        if expanded(node) > MAX_YAML_VALUES:
+            raise _TooLarge(
+                f"more than {MAX_YAML_VALUES:,} values once YAML aliases are expanded "
+                "(an alias bomb?); a task file needs far fewer"
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def load_task(path: str | Path) -> Task:
     """Read and validate a task file (YAML or JSON).
 
@@ -379,7 +453,9 @@ def load_task(path: str | Path) -> Task:
     except OSError as exc:
         raise TaskError(f"task file {p}: cannot read: {exc.strerror or exc}") from exc
     try:
-        data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if p.suffix.lower() == ".json" else _load_yaml(text)
+    except _TooLarge as exc:
+        raise TaskError(f"task file {p}: {exc}") from None
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise TaskError(f"task file {p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: "
                         f"{str(exc).splitlines()[0]}") from exc

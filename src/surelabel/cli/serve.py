@@ -19,7 +19,9 @@ def register(sub: Any) -> None:
         help="serve the classification API and the review queue",
         description="Serve POST /v1/tasks/TASK/classify and the review pages (/review). "
                     "Create reviewers with `surelabel users add` and API tokens with "
-                    "`surelabel tokens create`.",
+                    "`surelabel tokens create`. Each task file's `review:` section sets "
+                    "answers per item, the audit share, refits and de-duplication "
+                    "(docs/SERVICE.md).",
     )
     p.add_argument("tasks", nargs="+", metavar="TASK", help="task file(s) (YAML or JSON)")
     add_db_arg(p)
@@ -42,8 +44,36 @@ def register(sub: Any) -> None:
                    help="how long a reviewer holds an opened item (default: 300)")
     p.add_argument("--secure-cookies", action="store_true",
                    help="mark cookies Secure (when served over HTTPS)")
+    p.add_argument("--public-origin", action="append", default=[], metavar="URL",
+                   help="an origin the pages are reached under besides the Host header's, "
+                        "e.g. https://review.example.org behind a proxy; form posts from any "
+                        "other origin are refused (repeatable)")
+    p.add_argument("--forwarded-allow-ips", default=None, metavar="IPS",
+                   help="trust X-Forwarded-For/-Proto from these proxy addresses (uvicorn's "
+                        "option; login throttling then sees the real client address)")
+    p.add_argument("--undo-seconds", type=float, default=120.0, metavar="SECONDS",
+                   help="how long reviewers may take back their last answer (default: 120)")
+    p.add_argument("--max-upload", type=int, default=50_000_000, metavar="BYTES",
+                   help="largest file on the admin upload page (default: 50000000)")
+    p.add_argument("--no-docs", action="store_true", help="do not serve the API docs at /docs")
+    login = p.add_argument_group("login throttling")
+    login.add_argument("--login-window", type=float, default=300.0, metavar="SECONDS",
+                       help="window of the failure counts below (default: 300)")
+    login.add_argument("--login-failures", type=int, default=5, metavar="N",
+                       help="failed logins per account within the window before 429 "
+                            "(default: 5)")
+    login.add_argument("--login-failures-per-address", type=int, default=20, metavar="N",
+                       help="failed logins per client address within the window (default: 20)")
+    login.add_argument("--lockout-after", type=int, default=10, metavar="N",
+                       help="failed logins in a row that lock an account (default: 10)")
+    login.add_argument("--lockout-seconds", type=float, default=900.0, metavar="SECONDS",
+                       help="how long a locked account stays locked (default: 900)")
     p.add_argument("--log-level", default="info",
                    choices=("critical", "error", "warning", "info", "debug"))
+    p.add_argument("--log-format", default="text", choices=("text", "json"),
+                   help="service logs as text or as JSON lines; the access log (logger "
+                        "surelabel.access) is one JSON object per request either way")
+    p.add_argument("--no-access-log", action="store_true", help="no access log")
     add_backend_args(p)
     p.set_defaults(func=run)
 
@@ -66,12 +96,30 @@ def _calibrations(paths: list[str], tasks: dict[str, Any], model: str) -> dict[s
     return out
 
 
+def _logging(level: str, fmt: str) -> None:
+    """surelabel's loggers to stderr (uvicorn configures its own)."""
+    import logging
+
+    from surelabel.server.metrics import JsonLineFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLineFormatter() if fmt == "json" else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("surelabel")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from surelabel.server import Settings, create_app
-    from surelabel.store import Store
+    from surelabel.store import LoginLimits, Store
 
+    for name in ("login_failures", "login_failures_per_address", "lockout_after"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')}: must be at least 1")
     tasks = [load_task(path) for path in args.tasks]
     store = Store(args.db)
     backend = backend_from(args)
@@ -87,16 +135,31 @@ def run(args: argparse.Namespace) -> int:
         method_options=method_options_from(args),
         calibrations=_calibrations(args.calibration, {t.name: t for t in tasks},
                                    backend.model_name),
+        login=LoginLimits(window=args.login_window, per_account=args.login_failures,
+                          per_address=args.login_failures_per_address,
+                          lockout_after=args.lockout_after,
+                          lockout_seconds=args.lockout_seconds),
+        undo_seconds=args.undo_seconds,
+        max_upload_bytes=args.max_upload,
+        docs=not args.no_docs,
+        public_origins=tuple(args.public_origin),
+        access_log=not args.no_access_log,
     )
+    _logging(args.log_level, args.log_format)
     app = create_app(tasks, backend, store, settings=settings)
     where = f"http://{args.host}:{args.port}"
+    docs = "" if args.no_docs else f", API docs: {where}/docs"
     print(f"surelabel: serving {', '.join(t.name for t in tasks)} at {where} "
-          f"(review: {where}/review, API docs: {where}/docs)", file=sys.stderr)
+          f"(review: {where}/review, health: {where}/health{docs})", file=sys.stderr)
     if not store.list_users():
         print("surelabel: no reviewers yet: `surelabel users add NAME --db ...`",
               file=sys.stderr)
+    extra: dict[str, Any] = {}
+    if args.forwarded_allow_ips:
+        extra = {"proxy_headers": True, "forwarded_allow_ips": args.forwarded_allow_ips}
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                    access_log=False, **extra)
     finally:
         store.close()
     return 0

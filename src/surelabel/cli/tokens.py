@@ -18,7 +18,9 @@ def register(sub: Any) -> None:
     create = cmds.add_parser("create", help="create a token and print it (shown once)")
     create.add_argument("name", help="who uses it, e.g. ingest-bot")
     create.add_argument("--scope", action="append", choices=SCOPES, metavar="SCOPE",
-                        help="classify, read or review; repeatable (default: classify and read)")
+                        help=f"{', '.join(SCOPES)}; repeatable (default: classify and read)")
+    create.add_argument("--task", metavar="TASK",
+                        help="limit the token to one task (default: every task)")
     add_db_arg(create)
     create.set_defaults(func=run_create)
     revoke = cmds.add_parser("revoke", help="revoke every token of a name")
@@ -35,7 +37,7 @@ def run_create(args: argparse.Namespace) -> int:
 
     scopes = args.scope or ["classify", "read"]
     with Store(args.db) as store:
-        token = store.create_token(args.name, scopes)
+        token = store.create_token(args.name, scopes, task=args.task)
     print(token)
     return 0
 
@@ -59,5 +61,5 @@ def run_list(args: argparse.Namespace) -> int:
             created = dt.datetime.fromtimestamp(token.created_at, dt.timezone.utc)
             state = "revoked" if token.revoked_at is not None else "active"
             print(f"{token.name}\t{' '.join(token.scopes)}\t{state}\t"
-                  f"{created:%Y-%m-%d %H:%M} UTC")
+                  f"{created:%Y-%m-%d %H:%M} UTC\t{token.task or '*'}")
     return 0

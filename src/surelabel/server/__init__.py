@@ -1,6 +1,7 @@
-"""The review service: HTTP API and review queue web pages (``surelabel serve``)."""
+"""The review service: HTTP API, review and admin pages (``surelabel serve``)."""
 
 from surelabel.server.app import create_app
 from surelabel.server.context import Settings
+from surelabel.server.review_settings import ReviewSettings
 
-__all__ = ["Settings", "create_app"]
+__all__ = ["ReviewSettings", "Settings", "create_app"]

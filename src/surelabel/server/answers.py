@@ -42,3 +42,18 @@ def check_answer(
     if not isinstance(label, str) or label not in names:
         raise HTTPException(422, f"unknown label {label!r}; expected one of {list(names)}")
     return label
+
+
+def parse_confidence_band(band: str | None) -> tuple[float | None, float | None]:
+    """``"0.5-0.6"`` -> (0.5, 0.6); empty -> no bounds; 422 when malformed."""
+    if not band:
+        return None, None
+    low, sep, high = band.partition("-")
+    try:
+        lo, hi = float(low), float(high)
+    except ValueError:
+        raise HTTPException(422, f"confidence band {band!r}: expected LOW-HIGH") from None
+    if not sep or not 0.0 <= lo < hi <= 1.0:
+        raise HTTPException(422, f"confidence band {band!r}: expected 0 <= LOW < HIGH <= 1")
+    # The top band includes confidence 1.0 itself.
+    return lo, (None if hi >= 1.0 else hi)

@@ -35,6 +35,16 @@ class WorkerPool:
         self._pending = 0
         self._threads: list[threading.Thread] = []
 
+    @property
+    def pending(self) -> int:
+        """Items waiting for (or in) classification now."""
+        return self._pending
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker threads run (they start with the app, or on first use)."""
+        return not self._threads or all(t.is_alive() for t in self._threads)
+
     def start(self) -> None:
         with self._lock:
             if self._threads:

@@ -12,19 +12,33 @@ from typing import TYPE_CHECKING, Any
 from surelabel.store.roles import ROLES, SCOPES
 
 if TYPE_CHECKING:
-    from surelabel.store.auth import Session, Token, User
-    from surelabel.store.base import ConflictError, NotFoundError, StoreError, normalize_url
-    from surelabel.store.items import ORDERS, Item
+    from surelabel.store.auth import LoginLimits, Session, TaskRole, Token, User
+    from surelabel.store.base import (
+        ConflictError,
+        NotFoundError,
+        QuotaReachedError,
+        StoreError,
+        normalize_url,
+    )
+    from surelabel.store.calibrations import CalibrationVersion
+    from surelabel.store.items import ORDERS, Item, ItemFilter
+    from surelabel.store.queue import Review
     from surelabel.store.repository import Store
 
 _HOMES = {
     "ORDERS": "items",
+    "CalibrationVersion": "calibrations",
     "ConflictError": "base",
     "Item": "items",
+    "ItemFilter": "items",
+    "LoginLimits": "auth",
     "NotFoundError": "base",
+    "QuotaReachedError": "base",
+    "Review": "queue",
     "Session": "auth",
     "Store": "repository",
     "StoreError": "base",
+    "TaskRole": "auth",
     "Token": "auth",
     "User": "auth",
     "normalize_url": "base",
@@ -34,12 +48,18 @@ __all__ = [
     "ORDERS",
     "ROLES",
     "SCOPES",
+    "CalibrationVersion",
     "ConflictError",
     "Item",
+    "ItemFilter",
+    "LoginLimits",
     "NotFoundError",
+    "QuotaReachedError",
+    "Review",
     "Session",
     "Store",
     "StoreError",
+    "TaskRole",
     "Token",
     "User",
     "normalize_url",

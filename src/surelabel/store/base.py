@@ -24,6 +24,10 @@ class ConflictError(StoreError):
     """The item was already answered, or another reviewer holds its lease."""
 
 
+class QuotaReachedError(StoreError):
+    """A reviewer gave as many answers in a task today as their quota allows."""
+
+
 class StorePart:
     """A part of :class:`~surelabel.store.Store`: every part shares one engine and one clock.
 

@@ -4,9 +4,11 @@ Every query is built with SQLAlchemy Core (parameterized); the same code runs on
 (the default, in WAL mode) and PostgreSQL. The parts:
 
 - :mod:`~surelabel.store.items`: storing a record once per client id, finding, listing;
-- :mod:`~surelabel.store.queue`: leases and answers (conditional ``UPDATE`` statements);
-- :mod:`~surelabel.store.stats`: review throughput and model-reviewer agreement;
-- :mod:`~surelabel.store.auth`: users, passwords, web sessions, API tokens.
+- :mod:`~surelabel.store.queue`: leases, answers of several reviewers, settling,
+  adjudication and undo (conditional ``UPDATE`` statements);
+- :mod:`~surelabel.store.stats`: throughput, model-reviewer and inter-annotator agreement;
+- :mod:`~surelabel.store.calibrations`: calibration versions, the active one, rollback;
+- :mod:`~surelabel.store.auth`: accounts, task roles, login throttling, sessions, tokens.
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from sqlalchemy import text
+
 from surelabel.store.auth import Accounts
 from surelabel.store.base import normalize_url, open_engine
+from surelabel.store.calibrations import Calibrations
 from surelabel.store.migrations import migrate
 from surelabel.store.queue import ReviewQueue
 from surelabel.store.stats import AgreementStats
 
 
-class Store(ReviewQueue, AgreementStats, Accounts):
+class Store(ReviewQueue, AgreementStats, Calibrations, Accounts):
     """Database access for the review service.
 
     Parameters
@@ -50,6 +55,11 @@ class Store(ReviewQueue, AgreementStats, Accounts):
 
     def migrate(self) -> list[str]:
         return migrate(self.engine)
+
+    def ping(self) -> None:
+        """Raise if the database cannot be reached."""
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
 
     def close(self) -> None:
         self.engine.dispose()

@@ -28,3 +28,11 @@ document.addEventListener("keydown", function (event) {
     button.click();
   }
 });
+// "u" takes back the reviewer's last answer (the undo form on the queue and item pages).
+document.addEventListener("keydown", function (event) {
+  var target = event.target;
+  if (target && (target.tagName === "TEXTAREA" || target.tagName === "INPUT")) { return; }
+  if (event.ctrlKey || event.metaKey || event.altKey || event.key !== "u") { return; }
+  var undo = document.querySelector("#undo button");
+  if (undo) { event.preventDefault(); undo.click(); }
+});
