@@ -136,3 +136,134 @@ def test_interrupt_leaves_valid_jsonl(tmp_path: Path) -> None:
     assert 2 <= len(lines) < 200
     for i, line in enumerate(lines, start=1):
         assert json.loads(line)["id"] == i
+
+
+# -- formats, columns and the findings of issue 11 (a fake backend: no model) --------------
+
+FAKE = ["--backend", 'fake:{"keywords": {"herb": ["basil"], "fruit": ["apple"]}}', "-q"]
+
+
+def test_output_format_comes_from_the_extension(tmp_path: Path) -> None:
+    items = tmp_path / "items.csv"
+    items.write_text("id,text,notes\n1,basil,green\n2,apple,red\n")
+    for name in ("out.jsonl", "out.csv", "out.parquet"):
+        proc = run("classify", FVH, str(items), "-o", str(tmp_path / name), *FAKE)
+        assert proc.returncode == 0, proc.stderr
+    lines = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["probabilities"]["herb"] > 0.5
+    assert json.loads(lines[0])["notes"] == "green"  # input columns pass through
+    header = (tmp_path / "out.csv").read_text().splitlines()[0].split(",")
+    assert {"p_fruit", "p_vegetable", "p_herb", "notes"} <= set(header)
+    assert "probabilities" not in header
+    pq = pytest.importorskip("pyarrow.parquet")
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert str(table.schema.field("p_herb").type) == "double"
+    assert table.column("notes").to_pylist() == ["green", "red"]
+
+
+def test_keep_columns_can_be_turned_off(tmp_path: Path) -> None:
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"id": 1, "text": "basil", "meta": {"k": 1}, "label": "herb"}\n')
+    kept = json.loads(run("classify", FVH, str(items), *FAKE).stdout)
+    assert kept["meta"] == {"k": 1} and kept["input_label"] == "herb"
+    plain = json.loads(run("classify", FVH, str(items), "--no-keep-columns", *FAKE).stdout)
+    assert "meta" not in plain and "input_label" not in plain
+
+
+def test_an_unknown_output_extension_is_refused_in_one_line(tmp_path: Path) -> None:
+    proc = run("classify", FVH, "-o", str(tmp_path / "out.txt"), *FAKE, stdin="basil\n")
+    one_line_error(proc, 2, "out.txt", ".jsonl, .csv or .parquet")
+    assert not (tmp_path / "out.txt").exists()
+    proc = run("classify", FVH, "--format", "csv", *FAKE, stdin="basil\n")
+    assert proc.returncode == 0 and proc.stdout.startswith("id,text,label,confidence,p_fruit")
+
+
+def test_the_output_may_not_be_the_input_even_through_a_symlink(tmp_path: Path) -> None:
+    items = tmp_path / "in.jsonl"
+    content = '{"id": 1, "text": "basil"}\n'
+    items.write_text(content)
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(items)
+    for out in (items, link):
+        proc = run("classify", FVH, str(items), "-o", str(out), "--overwrite", *FAKE)
+        one_line_error(proc, 2, "is the input file")
+    assert items.read_text() == content
+
+
+def test_a_parquet_output_is_not_resumed_and_says_so(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    out = tmp_path / "out.parquet"
+    assert run("classify", FVH, "-o", str(out), *FAKE, stdin="basil\n").returncode == 0
+    proc = run("classify", FVH, "-o", str(out), *FAKE, stdin="basil\n")
+    one_line_error(proc, 2, "Parquet file cannot be appended to", "--overwrite")
+    assert run("classify", FVH, "-o", str(out), "--overwrite", *FAKE,
+               stdin="basil\n").returncode == 0
+
+
+def test_a_csv_output_resumes_where_it_stopped(tmp_path: Path) -> None:
+    items = tmp_path / "items.txt"
+    items.write_text("basil\napple\nmint\n")
+    out = tmp_path / "out.csv"
+    assert run("classify", FVH, str(items), "-o", str(out), *FAKE).returncode == 0
+    whole = out.read_text()
+    lines = whole.splitlines(keepends=True)
+    out.write_text("".join(lines[:3]) + lines[3][:5])  # two rows and a torn third
+    proc = run("classify", FVH, str(items), "-o", str(out), "--backend",
+               'fake:{"keywords": {"herb": ["basil"], "fruit": ["apple"]}}')
+    assert proc.returncode == 0 and "resuming" in proc.stderr and "2 of 3" in proc.stderr
+    assert out.read_text() == whole
+
+
+def _broken_pipe(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command whose reader goes away after the first line (like `| head -1`)."""
+    proc = subprocess.Popen([sys.executable, "-m", "surelabel", *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    if stdin is not None:
+        proc.stdin.write(stdin)
+    proc.stdin.close()
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    code = proc.wait(timeout=300)
+    return subprocess.CompletedProcess(args, code, first, err)
+
+
+def test_classify_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    items = tmp_path / "items.txt"
+    items.write_text("".join(f"basil {i}\n" for i in range(20000)))
+    proc = _broken_pipe("classify", FVH, str(items), *FAKE)
+    assert json.loads(proc.stdout)["id"] == 1
+    assert proc.returncode == 141 and proc.stderr == ""
+
+
+def test_export_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    pytest.importorskip("sqlalchemy")
+    from surelabel.store import Store
+
+    db = f"sqlite:///{tmp_path / 'items.db'}"
+    with Store(db) as store:
+        for i in range(3000):
+            store.add_item("fruit_veg_herb", {
+                "id": f"c{i}", "text": f"basil {i}", "label": "herb", "confidence": 0.7,
+                "probabilities": {"herb": 0.7, "fruit": 0.2, "vegetable": 0.1},
+                "decision": "review", "method": "exact", "model": "fake", "error": None,
+            })
+    proc = _broken_pipe("export", "fruit_veg_herb", "--db", db)
+    assert json.loads(proc.stdout)["text"].startswith("basil")
+    assert proc.returncode == 141 and proc.stderr == ""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("key", ["thresholds", "labels", "examples", "instructions"])
+def test_a_yaml_alias_bomb_is_refused_in_one_line_under_any_key(tmp_path: Path, key: str) -> None:
+    anchors = ["&a0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        anchors.append(f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    bomb = "[" + ", ".join(anchors) + "]"
+    fields = {"name": "t", "instructions": "x", "labels": "[a, b]", key: bomb}
+    task = tmp_path / "bomb.yaml"
+    task.write_text("".join(f"{k}: {v}\n" for k, v in fields.items()))
+    proc = run("classify", str(task), "-", stdin="")
+    one_line_error(proc, 2, "bomb.yaml", "aliases")
+    assert len(proc.stderr) < 300

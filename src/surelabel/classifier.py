@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+import sys
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from surelabel import methods
 from surelabel.backends.base import Backend
@@ -16,6 +21,10 @@ from surelabel.distribution import LabelDistribution
 from surelabel.errors import BackendError
 from surelabel.policy import Decision, decide, least_certain
 from surelabel.task import Task, Thresholds
+
+if TYPE_CHECKING:
+    import jinja2
+    import pandas
 
 
 @runtime_checkable
@@ -84,6 +93,31 @@ class Record:
             out["warning"] = self.warning
         out.update(self.extra)
         return out
+
+    def _repr_html_(self) -> str:
+        """The record in a notebook: label, confidence, decision and a bar per label."""
+        probs = sorted((self.probabilities or {}).items(), key=lambda kv: -kv[1])
+        return _record_template().render(
+            r=self, probs=probs, text=_clip(self.text, 300),
+            chosen=set(self.labels or ([self.label] if self.label else [])),
+        )
+
+
+def _clip(text: Any, limit: int) -> str:
+    s = str(text)
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+@lru_cache(maxsize=1)
+def _record_template() -> jinja2.Template:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("surelabel", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    return env.get_template("record.html")
 
 
 def _round(x: float | None) -> float | None:
@@ -168,6 +202,8 @@ class Classifier:
             source = self.calibrator.source
             self.calibrator.check(self.task, backend.model_name, source=source)
             self.calibrator.check_method(self._plan.method, source=source)
+            self.calibrator.check_scoring(self.options.scoring_key(self._plan.method),
+                                          source=source)
 
     @property
     def method(self) -> str:
@@ -202,8 +238,6 @@ class Classifier:
             )
         state = dict(self.__dict__)
         state["_backend"] = None
-            self.calibrator.check_scoring(self.options.scoring_key(self._plan.method),
-                                          source=source)
         state["_plan"] = None
         del state["_lock"]
         return state
@@ -346,7 +380,345 @@ class Classifier:
         )
 
     def classify(self, rows: Iterable[tuple[Any, Any]]) -> Iterator[Record]:
-        """Classify ``(id, text)`` pairs in order."""
-        for id_, text in rows:
+        """Classify ``(id, text)`` pairs in order, one at a time.
+
+        For plain texts, dicts or a DataFrame, use :meth:`classify_many`.
+        """
+        for item in rows:
+            if isinstance(item, (str, bytes)) or not isinstance(item, Sequence) or len(item) != 2:
+                raise TypeError(
+                    f"classify() takes (id, text) pairs, got {type(item).__name__}"
+                    f"{' ' + repr(_clip(item, 40)) if isinstance(item, str) else ''}; "
+                    "for plain texts, dicts or a DataFrame use classify_many()"
+                )
+            id_, text = item
             yield self.classify_one(text, id_)
+
+    # -- many items: lists, dicts, DataFrames; threads, async, progress ---------------------
+
+    def _items(
+        self, items: Any, ids: Sequence[Any] | None, text_column: str, id_column: str | None
+    ) -> list[tuple[Any, Any, str | None]]:
+        """``(id, text, problem)`` for every item; ``problem`` makes it an error record."""
+        if isinstance(items, (str, bytes)):
+            raise TypeError("classify_many() takes a sequence of texts (or dicts, or a "
+                            "DataFrame), not one string; for one text use classify_one()")
+        if _is_frame(items):
+            if text_column not in items.columns:
+                raise ValueError(
+                    f"the DataFrame has no {text_column!r} column "
+                    f"({', '.join(map(str, items.columns))}); pass text_column="
+                )
+            texts = items[text_column].tolist()
+            if ids is None:
+                ids = (items[id_column].tolist()
+                       if id_column is not None and id_column in items.columns
+                       else items.index.tolist())
+            rows: list[Any] = texts
+        elif _is_series(items):
+            rows = items.tolist()
+            if ids is None:
+                ids = items.index.tolist()
+        else:
+            rows = list(items)
+        if ids is not None:
+            ids = list(ids)
+            if len(ids) != len(rows):
+                raise ValueError(f"{len(ids)} ids for {len(rows)} items")
+        out: list[tuple[Any, Any, str | None]] = []
+        for i, item in enumerate(rows):
+            id_ = ids[i] if ids is not None else i
+            text: Any = item
+            problem = None
+            if isinstance(item, Mapping):
+                if id_column is not None and id_column in item and ids is None:
+                    id_ = item[id_column]
+                if text_column in item:
+                    text = item[text_column]
+                else:
+                    text, problem = None, f"no {text_column!r} field"
+            elif hasattr(item, "text") and hasattr(item, "id") and not isinstance(item, str):
+                # surelabel.io.Row (from read_rows) or a Record
+                text = item.text
+                if ids is None:
+                    id_ = item.id
+            if problem is None and (text is None or (isinstance(text, float)
+                                                    and math.isnan(text))):
+                problem = "missing text"  # None, or a DataFrame's NaN
+            out.append((id_, text, problem))
+        return out
+
+    def _chunks(
+        self, items: list[tuple[Any, Any, str | None]], workers: int, batch_size: int | None
+    ) -> list[list[int]]:
+        size = 1 if workers > 1 else max(1, self.batch_size if batch_size is None else batch_size)
+        return [list(range(i, min(i + size, len(items)))) for i in range(0, len(items), size)]
+
+    def _run_chunk(
+        self, items: list[tuple[Any, Any, str | None]], chunk: list[int]
+    ) -> list[Record]:
+        todo = [i for i in chunk if items[i][2] is None]
+        done = iter(self.classify_batch([(items[i][0], items[i][1]) for i in todo]))
+        return [
+            next(done) if items[i][2] is None
+            else Record(**self._base(items[i][0], items[i][1]), error=items[i][2])
+            for i in chunk
+        ]
+
+    def classify_many(
+        self,
+        items: Any,
+        *,
+        ids: Sequence[Any] | None = None,
+        text_column: str = "text",
+        id_column: str | None = "id",
+        concurrency: int | None = None,
+        batch_size: int | None = None,
+        progress: bool | None = None,
+    ) -> list[Record]:
+        """Classify many items; records in input order.
+
+        Parameters
+        ----------
+        items:
+            Plain strings; dicts (the text under ``text_column``, the id under
+            ``id_column``); rows from :func:`~surelabel.io.read_rows`; a pandas Series;
+            or a pandas DataFrame (its ``text_column``; ids from ``id_column`` if it has
+            one, else its index).
+        ids:
+            Ids for the records (default: the above, else the position, from 0).
+        concurrency:
+            Items in flight at once (default: what the backend declares: an API's
+            concurrency, 1 for a local model, which evaluates ``batch_size`` items together
+            instead).
+        progress:
+            Show a progress bar (``tqdm.auto``: a widget in notebooks, stderr elsewhere);
+            default: only in a notebook.
+
+        A bad item (not a string, empty, a dict without the text field, a missing value)
+        becomes an error record; the other items go on.
+        """
+        prepared = self._items(items, ids, text_column, id_column)
+        workers = max(1, self.workers if concurrency is None else concurrency)
+        chunks = self._chunks(prepared, workers, batch_size)
+        records: list[Record] = []
+        with _progress(progress, len(prepared), self.task.name) as bar:
+            for chunk_records in _ordered_map(
+                lambda chunk: self._run_chunk(prepared, chunk), chunks, workers
+            ):
+                records.extend(chunk_records)
+                bar.update(len(chunk_records))
+        return records
+
+    async def aclassify_many(
+        self,
+        items: Any,
+        *,
+        ids: Sequence[Any] | None = None,
+        text_column: str = "text",
+        id_column: str | None = "id",
+        concurrency: int | None = None,
+        batch_size: int | None = None,
+        progress: bool | None = None,
+    ) -> list[Record]:
+        """:meth:`classify_many` for ``asyncio`` code: awaits the records, in input order,
+        without blocking the event loop.
+
+        ``concurrency`` items run at once on worker threads (default: the backend's
+        declared concurrency, e.g. an API backend's ``concurrency``), each under the
+        backend's own limits (an API backend's semaphore, rate caps, retries and cache).
+        """
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, lambda: self.plan)  # may load a model: not on the loop
+        prepared = self._items(items, ids, text_column, id_column)
+        workers = max(1, self.workers if concurrency is None else concurrency)
+        chunks = self._chunks(prepared, workers, batch_size)
+        results: list[list[Record] | None] = [None] * len(chunks)
+        queue = iter(range(len(chunks)))
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="surelabel-async")
+        with _progress(progress, len(prepared), self.task.name) as bar:
+
+            async def worker() -> None:
+                for j in queue:
+                    got = await loop.run_in_executor(pool, self._run_chunk, prepared, chunks[j])
+                    results[j] = got
+                    bar.update(len(got))
+
+            try:
+                await asyncio.gather(*(worker() for _ in range(min(workers, len(chunks)))))
+            finally:
+                pool.shutdown(wait=False, cancel_futures=True)
+        return [r for chunk in results if chunk is not None for r in chunk]
+
+    def classify_frame(
+        self,
+        df: pandas.DataFrame,
+        text_column: str = "text",
+        *,
+        id_column: str | None = None,
+        prefix: str = "",
+        concurrency: int | None = None,
+        batch_size: int | None = None,
+        progress: bool | None = None,
+    ) -> pandas.DataFrame:
+        """Classify a DataFrame's ``text_column``; a copy of ``df`` (every column, same
+        index) with the results added.
+
+        Added columns (each name after ``prefix``): ``label``, ``confidence``,
+        ``decision``, ``calibration`` (the calibration method applied, or ``None``), one
+        ``p_<label>`` column per label, ``reason`` when reasons are generated, and
+        ``error``. A multilabel task gives ``labels`` (the chosen ones) and one
+        ``decision_<label>`` column per label instead of ``label``. A column that ``df``
+        already has is refused (pass ``prefix="pred_"``), never overwritten.
+        """
+        import pandas as pd
+
+        if not _is_frame(df):
+            raise TypeError(f"classify_frame() takes a pandas DataFrame, got {type(df).__name__}")
+        records = self.classify_many(
+            df, text_column=text_column, id_column=id_column, concurrency=concurrency,
+            batch_size=batch_size, progress=progress,
+        )
+        columns = self.result_columns(records)
+        clash = [prefix + name for name in columns if prefix + name in df.columns]
+        if clash:
+            raise ValueError(
+                f"the DataFrame already has column(s) {', '.join(map(repr, clash))}; pass "
+                "prefix= (e.g. prefix='pred_') to name the new columns apart"
+            )
+        out = df.copy()
+        for name, (kind, values) in columns.items():
+            dtype = "float64" if kind == "float" else "object"
+            out[prefix + name] = pd.Series(values, index=df.index, dtype=dtype)
+        return out
+
+    def _calibration_name(self) -> str | None:
+        if self.calibrator is None:
+            return None
+        method = getattr(self.calibrator, "method", None)
+        return str(method) if method is not None else type(self.calibrator).__name__
+
+    def result_columns(self, records: Sequence[Record]) -> dict[str, tuple[str, list[Any]]]:
+        """The columns :meth:`classify_frame` adds, as ``name -> (kind, values)`` with
+        ``kind`` ``"float"`` (missing: NaN), ``"str"`` or ``"list"`` (of strings)."""
+        names = self.task.label_names
+        nan = float("nan")
+        cols: dict[str, tuple[str, list[Any]]] = {}
+
+        def num(x: float | None) -> float:
+            return nan if x is None else float(x)
+
+        multilabel = self.task.kind == "multilabel"
+        if multilabel:
+            cols["labels"] = ("list", [r.labels for r in records])
+        else:
+            cols["label"] = ("str", [r.label for r in records])
+        cols["confidence"] = ("float", [num(r.confidence) for r in records])
+        cols["decision"] = ("str", [r.decision for r in records])
+        if multilabel:
+            for name in names:
+                cols[f"decision_{name}"] = ("str", [(r.decisions or {}).get(name)
+                                                    for r in records])
+        default = self._calibration_name()
+        cols["calibration"] = ("str", [
+            r.extra.get("calibration", default if r.error is None else None) for r in records
+        ])
+        for name in names:
+            cols[f"p_{name}"] = ("float", [num((r.probabilities or {}).get(name))
+                                           for r in records])
+        if self.reason:
+            cols["reason"] = ("str", [r.reason for r in records])
+        cols["error"] = ("str", [r.error for r in records])
+        return cols
+
+
+
+def _is_frame(obj: Any) -> bool:
+    return type(obj).__module__.startswith("pandas") and hasattr(obj, "columns")
+
+
+def _is_series(obj: Any) -> bool:
+    return type(obj).__module__.startswith("pandas") and type(obj).__name__ == "Series"
+
+
+def _in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (a notebook, JupyterLab, Colab): its shell
+    has a kernel; a terminal IPython has none."""
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _progress(show: bool | None, total: int, desc: str) -> Any:
+    """A ``tqdm.auto`` bar (notebook widget or stderr), or a no-op one."""
+    if show is None:
+        show = _in_notebook()
+    if not show:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="item", file=sys.stderr)
+
+
+def _ordered_map(fn: Any, jobs: Iterable[Any], workers: int) -> Iterator[Any]:
+    """``fn(job)`` for every job, yielded in order, ``workers`` at once on threads; a
+    bounded window of pending jobs keeps memory flat on long inputs."""
+    if workers <= 1:
+        for job in jobs:
+            yield fn(job)
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="surelabel-item")
+    window: deque[Future[Any]] = deque()
+    it = iter(jobs)
+    try:
+        for job in it:
+            window.append(pool.submit(fn, job))
+            if len(window) >= 2 * workers:
+                break
+        while window:
+            result = window.popleft().result()
+            nxt = next(it, _END)
+            if nxt is not _END:
+                window.append(pool.submit(fn, nxt))
+            yield result
+    finally:
+        for fut in window:
+            fut.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+_END = object()
+
+
+def classify_pairs(
+    classifier: Any, pairs: Iterable[tuple[Any, Any]], *, workers: int, batch_size: int = 1
+) -> Iterator[Record]:
+    """Classify ``(id, text)`` pairs, yielding records in input order.
+
+    With ``workers`` > 1, that many ``classify_one`` calls are in flight at once (threads,
+    for API backends); otherwise ``classify_batch`` gets ``batch_size`` pairs at a time (a
+    local model evaluates them together).
+    """
+    if workers > 1:
+        yield from _ordered_map(lambda pair: classifier.classify_one(pair[1], pair[0]),
+                                pairs, workers)
+        return
+    chunk: list[tuple[Any, Any]] = []
+    for pair in pairs:
+        chunk.append(pair)
+        if len(chunk) >= max(1, batch_size):
+            yield from classifier.classify_batch(chunk)
+            chunk = []
+    if chunk:
+        yield from classifier.classify_batch(chunk)
 

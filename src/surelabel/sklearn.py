@@ -1,9 +1,12 @@
 """A scikit-learn classifier backed by a language model: :class:`LLMClassifier`.
 
 Inputs are texts (a list, a 1-D array, or a one-column 2-D array / DataFrame); targets are
-label names. ``fit`` learns the label set and, by default, a calibration; the model itself
-is not trained. It follows the estimator contract, so it works inside
-``CalibratedClassifierCV``, ``cross_val_score`` and a ``Pipeline``.
+label names, or integers (label-encoded: ``i`` is the ``i``-th label name in sorted order,
+as :class:`~sklearn.preprocessing.LabelEncoder` numbers them when every label occurs).
+``fit`` learns the label set and, by default, a calibration; the model itself is not
+trained. It follows the estimator contract, so it works inside ``CalibratedClassifierCV``
+(``method="temperature"`` too, which passes integer targets), ``cross_val_score`` and a
+``Pipeline``, and it pickles (the backend is rebuilt from its spec where it is unpickled).
 
 Requires the ``eval`` extra (scikit-learn).
 """
@@ -16,17 +19,24 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from sklearn.base import BaseEstimator, ClassifierMixin  # type: ignore[import-untyped]
+from sklearn.exceptions import (  # type: ignore[import-untyped]
+    NotFittedError as SklearnNotFittedError,
+)
 
-from surelabel import methods
+from surelabel import errors, methods
 from surelabel.backends.base import Backend
 from surelabel.backends.registry import BackendSpec, build_backend
 from surelabel.calibration import Calibration, fit_calibration, label_indices
 from surelabel.calibration.base import softmax
-from surelabel.errors import NotFittedError
 from surelabel.evaluate import text_logprobs
 from surelabel.task import Task
 
-__all__ = ["LLMClassifier"]
+__all__ = ["LLMClassifier", "NotFittedError"]
+
+
+class NotFittedError(errors.NotFittedError, SklearnNotFittedError):  # type: ignore[misc]
+    """An :class:`LLMClassifier` was used before ``fit``: scikit-learn's own
+    ``NotFittedError`` (what ``check_is_fitted`` raises), and surelabel's."""
 
 
 def _texts(X: Any) -> list[str]:
@@ -36,7 +46,38 @@ def _texts(X: Any) -> list[str]:
     if arr.ndim != 1:
         raise ValueError(f"expected a sequence of texts (or one column of them), got shape "
                          f"{arr.shape}")
-    return [str(t) for t in arr]
+    texts = []
+    for i, t in enumerate(arr):
+        if t is None or (isinstance(t, float) and np.isnan(t)):
+            raise ValueError(f"X[{i}] is missing (None or NaN); every row needs a text")
+        if not isinstance(t, str):
+            raise ValueError(f"X[{i}] is a {type(t).__name__}, not a text")
+        texts.append(str(t))
+    return texts
+
+
+def _targets(task: Task, y: ArrayLike) -> tuple[list[str], NDArray[Any]]:
+    """Label names for ``y`` and the ``classes_`` they come as: names, or integers that
+    index the sorted label names, or booleans for a true/false task."""
+    arr = np.asarray(y)
+    if arr.ndim != 1:
+        arr = arr.ravel() if arr.ndim == 2 and arr.shape[1] == 1 else arr
+    if arr.ndim != 1:
+        raise ValueError(f"y must be one label per text, got shape {arr.shape}")
+    names = sorted(task.label_names)
+    if arr.dtype == bool:
+        if set(names) != {"true", "false"}:
+            raise ValueError("boolean y needs a task whose labels are true and false")
+        return ["true" if v else "false" for v in arr], np.array([False, True])
+    if np.issubdtype(arr.dtype, np.integer):
+        bad = [int(v) for v in arr if not 0 <= int(v) < len(names)]
+        if bad:
+            raise ValueError(
+                f"y holds {bad[0]}: integer labels index the task's {len(names)} label names "
+                f"in sorted order ({', '.join(names)}), so they run from 0 to {len(names) - 1}"
+            )
+        return [names[int(v)] for v in arr], np.arange(len(names))
+    return [str(v) for v in arr.astype(object)], np.array(names, dtype=object)
 
 
 class LLMClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
@@ -51,7 +92,8 @@ class LLMClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         ``"llamacpp"``, the embedded model), built on first use; or a backend instance,
         shared, not copied, when scikit-learn clones the estimator.
     method:
-        Confidence method (``exact`` by default; ``auto`` picks from the backend).
+        Confidence method (``auto`` by default: the best the backend allows, as
+        :class:`~surelabel.classifier.Classifier` does; ``exact``, ``topk``, ...).
     calibration:
         ``"auto"`` (default) or a method name to fit a calibrator in ``fit``; ``None`` to
         use the raw label distribution (e.g. inside ``CalibratedClassifierCV``).
@@ -61,7 +103,9 @@ class LLMClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     Attributes
     ----------
     classes_:
-        Label names, sorted (the column order of ``predict_proba``).
+        Label names, sorted (the column order of ``predict_proba``); or, when ``fit`` got
+        integer (or boolean) targets, those integers ``0 .. k-1`` (booleans), standing for
+        the sorted label names.
     calibration_:
         The fitted :class:`~surelabel.calibration.Calibration`, or ``None``.
     """
@@ -70,7 +114,7 @@ class LLMClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         self,
         task: Task | None = None,
         backend: Backend | BackendSpec | str = "llamacpp",
-        method: str = "exact",
+        method: str = "auto",
         calibration: str | None = "auto",
         folds: int = 5,
     ) -> None:
@@ -85,6 +129,15 @@ class LLMClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         new = type(self)(**self.get_params(deep=False))
         new.__dict__["_score_cache"] = self._cache()
         return new
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The built backend (a loaded model) and the scored texts stay behind; the
+        # backend is rebuilt from its spec where the estimator is unpickled.
+        state: dict[str, Any] = super().__getstate__()
+        state = dict(state)
+        state.pop("_backend_instance", None)
+        state.pop("_score_cache", None)
+        return state
 
     def _cache(self) -> dict[tuple[str, str, str], NDArray[np.float64]]:
         cache = self.__dict__.get("_score_cache")
@@ -126,11 +179,11 @@ class LLMClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         """Learn the label set and (unless ``calibration=None``) a calibration."""
         task = self._task()
         texts = _texts(X)
-        labels = list(np.asarray(y, dtype=object))
+        labels, classes = _targets(task, y)
         if len(labels) != len(texts):
             raise ValueError(f"X has {len(texts)} texts but y has {len(labels)} labels")
         y_idx = label_indices(task, labels)
-        self.classes_ = np.array(sorted(task.label_names), dtype=object)
+        self.classes_ = classes
         self.calibration_: Calibration | None = None
         if self.calibration is not None:
             self.calibration_, _ = fit_calibration(
@@ -140,6 +193,9 @@ class LLMClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             )
         self.n_features_in_ = 1
         return self
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "classes_")
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "classes_"):
@@ -152,7 +208,7 @@ class LLMClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         lp = self._logprobs(_texts(X))
         probs = (self.calibration_.calibrator.predict_proba(lp)
                  if self.calibration_ is not None else softmax(lp))
-        order = [task.label_names.index(c) for c in self.classes_]
+        order = [task.label_names.index(c) for c in sorted(task.label_names)]
         return np.asarray(probs[:, order], dtype=np.float64)
 
     def predict(self, X: Any) -> NDArray[Any]:

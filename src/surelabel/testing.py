@@ -27,6 +27,7 @@ import contextlib
 import json
 import math
 import threading
+import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -74,6 +75,9 @@ class FakeBackend(BaseBackend):
         :class:`~surelabel.backends.base.Capabilities` fields.
     top_logprobs, concurrency:
         Alternatives reported per generated token, and the declared concurrency.
+    delay:
+        Seconds every ``score``, ``generate`` and ``sample`` call sleeps first (an API's
+        latency, or a slow model, in tests of concurrency and scale-out).
     generation:
         A fixed :class:`~surelabel.backends.base.Generation` returned by every
         ``generate`` call (tests of answer parsing). Not plain data: such a backend has no
@@ -98,6 +102,7 @@ class FakeBackend(BaseBackend):
         top_logprobs: int = 20,
         concurrency: int = 1,
         generation: Generation | None = None,
+        delay: float = 0.0,
     ) -> None:
         if isinstance(capabilities, str) and capabilities not in _PRESETS:
             raise ValueError(f"capabilities: expected one of {', '.join(_PRESETS)} or a mapping")
@@ -112,6 +117,7 @@ class FakeBackend(BaseBackend):
         self.reason = reason
         self._caps = _capabilities(capabilities, top_logprobs, concurrency)
         self.generation = generation
+        self.delay = float(delay)
         #: Calls of ``score`` so far (tests count model work with it).
         self.calls = 0
         #: Set whenever ``score`` is entered; ``hold()`` makes it wait for ``release()``.
@@ -124,6 +130,7 @@ class FakeBackend(BaseBackend):
                 model_name=model_name, keywords=keywords, weight=weight, noise=noise,
                 logprobs=logprobs, plan=plan, default=default, reason=reason,
                 capabilities=capabilities, top_logprobs=top_logprobs, concurrency=concurrency,
+                **({"delay": delay} if delay else {}),
             )
 
     # -- test controls ------------------------------------------------------------------
@@ -171,6 +178,8 @@ class FakeBackend(BaseBackend):
             self.calls += 1
         self.entered.set()
         self._gate.wait(timeout=30)
+        if self.delay:
+            time.sleep(self.delay)
         if not continuations:
             raise ValueError("score: no continuations")
         text = messages[-1].content
@@ -201,6 +210,8 @@ class FakeBackend(BaseBackend):
         stop: Sequence[str] = (),
         top_logprobs: int = 0,
     ) -> Generation:
+        if self.delay:
+            time.sleep(self.delay)
         if self.generation is not None:
             return self.generation
         if prefix or schema is None:
@@ -257,6 +268,8 @@ class FakeBackend(BaseBackend):
         schema: dict[str, Any] | None = None,
         max_tokens: int = 64,
     ) -> list[Generation]:
+        if self.delay:
+            time.sleep(self.delay)
         text = messages[-1].content
         rng = np.random.default_rng(zlib.crc32(text.encode("utf-8", "surrogatepass")))
         props = (schema or {}).get("properties", {})

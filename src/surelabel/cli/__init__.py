@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import select
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -11,7 +13,8 @@ from typing import NoReturn
 from surelabel.errors import SurelabelError
 
 # Modules under surelabel.cli that define `register(subparsers)`.
-COMMANDS = ("classify", "serve", "users", "tokens", "export", "evaluate", "calibrate")
+COMMANDS = ("classify", "serve", "users", "tokens", "export", "evaluate", "calibrate",
+            "calibrations")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,7 +46,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("surelabel: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # a pipe other than our stdout: a real failure, with its traceback
+        # The reader of our output went away (`surelabel classify ... | head -1`): stop
+        # quietly, as a Unix tool killed by SIGPIPE does (exit 128 + 13).
+        _silence_stdout()
+        return 141
     return code
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reading end is closed."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return True
+    if not hasattr(select, "poll"):
+        return True
+    poller = select.poll()
+    poller.register(fd, 0)  # POLLERR and POLLHUP are always reported
+    return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so flushing it at exit raises nothing more."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):
+        pass
 
 
 def entry() -> None:
