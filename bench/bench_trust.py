@@ -30,13 +30,14 @@ from _scores import load_task as load
 PASSES = (("listed", 0), ("placeholder", 0), ("placeholder", 1), ("placeholder", 2))
 
 
-def score(names: list[str], n_rows: int, batch: int) -> None:
+def score(names: list[str], n_rows: int, batch: int, orders: int) -> None:
     from surelabel.backends.llamacpp import LlamaCppBackend
 
     backend = LlamaCppBackend()
     for name in names:
         for style, j in PASSES:
-            ensure_scored(backend, name, n_rows, style, j, batch)
+            if j < orders:
+                ensure_scored(backend, name, n_rows, style, j, batch)
     backend.close()
 
 
@@ -132,10 +133,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=150)
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--orders", type=int, default=3,
+                        help="label orders scored with the placeholder prompt (default: 3)")
     args = parser.parse_args()
     names = [s for s in args.sets.split(",") if s]
     if args.part == "score":
-        score(names, args.rows, args.batch)
+        score(names, args.rows, args.batch, args.orders)
     else:
         report(names, args.rows)
 
