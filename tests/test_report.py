@@ -128,7 +128,7 @@ def test_cli_evaluate_skips_seed_on_many_rows(files: dict[str, Path], fake: Fake
 
     args = type("A", (), {"methods": None, "predictions": None})()
     chosen, notes = evaluate._methods(args, 500)
-    assert chosen == ["exact", "calibrated"] and "seed method skipped" in notes[0]
+    assert chosen == ["exact", "generic", "calibrated"] and "seed method skipped" in notes[0]
     chosen, _ = evaluate._methods(args, 50)
     assert "seed" in chosen
 

@@ -17,8 +17,9 @@ from surelabel import methods
 from surelabel.backends.base import Backend
 from surelabel.backends.registry import BackendSpec, as_spec, build_backend
 from surelabel.calibration.file import Calibration
+from surelabel.calibration.generic import GenericCalibration, load_generic
 from surelabel.distribution import LabelDistribution
-from surelabel.errors import BackendError
+from surelabel.errors import BackendError, UserError
 from surelabel.policy import Decision, decide, least_certain
 from surelabel.task import Task, Thresholds
 
@@ -144,12 +145,18 @@ class Classifier:
     thresholds:
         Decision thresholds; default: the task's.
     calibrator:
-        Optional fitted calibrator applied before the decision. A
-        :class:`~surelabel.calibration.Calibration` is checked against the task (and, once
-        the backend is built, its model and the confidence method): one fitted for another
-        task, model or prompt is refused, as the CLI refuses it.
+        What makes the confidences honest. ``"auto"`` (default): the generic calibration
+        shipped for the backend's model (:mod:`surelabel.calibration.generic`) when there
+        is one for this model and these options, else none; ``None`` or ``"none"``: the
+        raw probabilities; or a fitted calibrator, e.g. a
+        :class:`~surelabel.calibration.Calibration` from ``surelabel calibrate``, which is
+        checked against the task (and, once the backend is built, its model, method and
+        scoring options): one fitted for another task, model or prompt is refused, as the
+        CLI refuses it. Records say which applied (``"calibration": "task" | "generic" |
+        "none"``).
     options:
-        :class:`~surelabel.methods.MethodOptions` (samples and temperature of ``sampling``).
+        :class:`~surelabel.methods.MethodOptions`: prompt style, label orders, debiasing,
+        and the samples and temperature of ``sampling``.
     """
 
     def __init__(
@@ -160,7 +167,7 @@ class Classifier:
         method: str = "auto",
         reason: bool | None = None,
         thresholds: Thresholds | None = None,
-        calibrator: Calibrator | None = None,
+        calibrator: Calibrator | str | None = "auto",
         options: methods.MethodOptions | None = None,
     ) -> None:
         self.task = task
@@ -172,7 +179,14 @@ class Classifier:
         self._plan: methods.Plan | None = None
         self.reason = task.reason if reason is None else reason
         self.thresholds = thresholds or task.thresholds
-        self.calibrator = calibrator
+        if isinstance(calibrator, str) and calibrator not in ("auto", "none"):
+            raise UserError(f"calibrator: expected a calibrator, 'auto' or 'none', got "
+                            f"{calibrator!r}")
+        self._requested_calibrator = calibrator
+        #: The calibrator in use (``"auto"`` is resolved once the backend is built).
+        self.calibrator: Calibrator | None = None if isinstance(calibrator, str) else calibrator
+        #: Why no generic calibration applies, when ``"auto"`` found none.
+        self.generic_skipped: str | None = None
         self.options = options or methods.DEFAULT_OPTIONS
         self._lock = threading.Lock()
         if isinstance(calibrator, Calibration):
@@ -198,12 +212,32 @@ class Classifier:
 
     def _resolve(self, backend: Backend) -> None:
         self._plan = methods.plan(self._requested_method, backend.capabilities)
+        scoring = self.options.scoring_key(self._plan.method)
+        if self._requested_calibrator == "auto":
+            generic = load_generic(backend.model_name)
+            why = ("no generic calibration is shipped for this model" if generic is None
+                   else generic.check(backend.model_name, scoring))
+            self.calibrator = generic if why is None else None
+            self.generic_skipped = why
         if isinstance(self.calibrator, Calibration):
             source = self.calibrator.source
             self.calibrator.check(self.task, backend.model_name, source=source)
             self.calibrator.check_method(self._plan.method, source=source)
-            self.calibrator.check_scoring(self.options.scoring_key(self._plan.method),
-                                          source=source)
+            self.calibrator.check_scoring(scoring, source=source)
+
+    @property
+    def calibration(self) -> str:
+        """Which calibration makes the confidences: ``task``, ``generic`` or ``none``."""
+        self.plan  # noqa: B018 - "auto" is resolved with the backend
+        if self.calibrator is None:
+            return "none"
+        return "generic" if isinstance(self.calibrator, GenericCalibration) else "task"
+
+    @property
+    def calibration_id(self) -> str | None:
+        """The id of the calibration file or generic map in use, if it has one."""
+        cal = self.calibrator
+        return cal.id if isinstance(cal, (Calibration, GenericCalibration)) else None
 
     @property
     def method(self) -> str:
@@ -315,6 +349,9 @@ class Classifier:
         warning = "; ".join(result.warnings) or None
         extra = dict(result.info)
         raw = result.distributions
+        extra["calibration"] = self.calibration
+        if self.calibration_id is not None:
+            extra["calibration_id"] = self.calibration_id
         if self.calibrator is not None:
             extra["calibrated"] = True
             dists = tuple(self.calibrator.calibrate(d, name)

@@ -32,6 +32,7 @@ from surelabel.backends.base import Backend
 from surelabel.calibration import CONTENT_FREE, Calibration, fit_calibration
 from surelabel.calibration.base import distribution_logprobs
 from surelabel.calibration.fit import MIN_ROWS
+from surelabel.calibration.generic import load_generic
 from surelabel.errors import BackendError, InputError
 from surelabel.io import Row, read_rows
 from surelabel.report import build_report, evaluate_probabilities
@@ -50,7 +51,9 @@ SEED_DEFAULT_MAX_ROWS = 200
 #: The columns :func:`compare` can show. ``exact`` stands for the full label distribution,
 #: measured by the best method the backend allows (topk or sampling for an API); the column
 #: is named after that method.
-METHOD_NAMES = ("exact", "seed", "calibrated")
+#: ``generic`` is the task-independent calibration shipped for the model (shown when one
+#: applies to this model and scoring).
+METHOD_NAMES = ("exact", "generic", "seed", "calibrated")
 
 
 def read_labelled(
@@ -303,6 +306,7 @@ def compare(
     methods_: Sequence[str] = ("exact", "calibrated"),
     calibration: Calibration | None = None,
     calibration_source: str = "calibration file",
+    requested_explicitly: Sequence[str] = (),
     folds: int = 5,
     n_bootstrap: int = 1000,
     notes: Sequence[str] = (),
@@ -320,6 +324,23 @@ def compare(
     if "exact" in methods_ or scored.method == "predictions":
         results[scored.method] = evaluate_probabilities(
             task, task_probabilities(task, raw), scored.y, **ev)
+    if "generic" in methods_ and scored.method != "predictions":
+        generic = load_generic(model)
+        why = (generic.check(model, scored.scoring) if generic is not None
+               else "none is shipped for this model")
+        if generic is None or why is not None:
+            if "generic" in requested_explicitly:
+                all_notes.append(f"generic: skipped, {why}")
+        else:
+            p3 = probabilities(scored.logprobs)
+            n, s, k = p3.shape
+            mass = np.exp(np.minimum(np.logaddexp.reduce(scored.logprobs, axis=2), 0.0))
+            cal = generic.predict_proba(p3.reshape(n * s, k), mass.reshape(-1),
+                                        task.kind == "multilabel").reshape(n, s, k)
+            results["generic"] = evaluate_probabilities(
+                task, task_probabilities(task, cal), scored.y, **ev)
+            all_notes.append(f"generic: the task-independent calibration of {model} "
+                             f"({generic.id}), fitted on {len(generic.fitted_on)} other tasks")
     if "seed" in methods_ and "seed" in scored.extra:
         results["seed"] = evaluate_probabilities(
             task, task_probabilities(task, scored.extra["seed"]), scored.y, **ev)

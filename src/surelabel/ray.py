@@ -346,7 +346,9 @@ def _map(
 
 
 def _describe(classifier: Classifier) -> dict[str, Any]:
-    return {"method": classifier.method, "model": classifier.backend.model_name}
+    return {"method": classifier.method, "model": classifier.backend.model_name,
+            "calibration": classifier.calibration,
+            "generic_skipped": classifier.generic_skipped}
 
 
 def describe(classifier: Classifier) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -78,9 +79,12 @@ def register(sub: Any) -> None:
                    help="start the output afresh (default: resume a JSONL or CSV output, "
                         "classifying only the rows it does not hold yet; a Parquet file "
                         "cannot be resumed)")
-    p.add_argument("--calibration", metavar="FILE",
-                   help="apply a calibration file from `surelabel calibrate` (and its accept "
-                        "threshold and label sets, unless --accept is given)")
+    p.add_argument("--calibration", metavar="FILE|none|generic",
+                   help="a calibration file from `surelabel calibrate` (with its accept "
+                        "threshold and label sets, unless --accept is given); 'generic': the "
+                        "task-independent calibration shipped for the model (the default "
+                        "when there is one); 'generic:FILE': one built with "
+                        "bench/bench_generic.py; 'none': the raw probabilities")
     add_threshold_args(p)
     add_backend_args(p)
     scale = p.add_argument_group("scale-out (pip install 'surelabel[ray]')")
@@ -149,6 +153,34 @@ def run(args: argparse.Namespace) -> int:
             ray.shutdown()
 
 
+def _generic_file(path: str) -> Any:
+    import json
+
+    from surelabel.calibration.generic import GenericCalibration
+
+    source = f"generic calibration file {path}"
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"{source}: cannot read: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise UserError(f"{source}: not valid JSON") from exc
+    return GenericCalibration.from_dict(data, source=source)
+
+
+def _say_what_confidence_is(kind: str, skipped: str | None, task_file: str) -> None:
+    """One line on stderr when the decisions do not rest on a task calibration."""
+    how = (f"fit a task calibration on labelled rows with `surelabel calibrate {task_file} "
+           "labelled.jsonl -o calibration.json` and pass --calibration calibration.json")
+    if kind == "generic":
+        print("surelabel: confidences come from the generic (task-independent) calibration "
+              f"of this model, not from one fitted on this task; {how}", file=sys.stderr)
+    elif kind == "none":
+        why = f" ({skipped})" if skipped else ""
+        print(f"surelabel: confidences are the model's raw probabilities, uncalibrated{why}; "
+              f"{how}", file=sys.stderr)
+
+
 def _run(
     args: argparse.Namespace,
     task: Task,
@@ -161,13 +193,18 @@ def _run(
     ray_engine = args.engine == "ray"
     # Locally the backend is built here; on Ray each worker builds its own from the spec.
     backend: Any = spec if ray_engine else build_backend(spec)
-    calibration = None
-    if args.calibration:
+    calibration: Any = "auto"
+    wanted = args.calibration
+    if wanted in ("none", "generic"):
+        calibration = "none" if wanted == "none" else "auto"
+    elif wanted and wanted.startswith("generic:"):
+        calibration = _generic_file(wanted.partition(":")[2])
+    elif wanted:
         from surelabel.calibration import load as load_calibration
 
         model = None if ray_engine else backend.model_name
-        calibration = load_calibration(args.calibration, task, model)
-        calibration.source = f"calibration file {args.calibration}"
+        calibration = load_calibration(wanted, task, model)
+        calibration.source = f"calibration file {wanted}"
         thresholds = calibration.thresholds(thresholds, accept_given=args.accept is not None)
     classifier = Classifier(
         task,
@@ -184,11 +221,14 @@ def _run(
         # Resolved on a worker: the method, the model, and the calibration's checks.
         described = surelabel_ray.describe(classifier)
         method, model = described["method"], described["model"]
+        kind, skipped = described["calibration"], described["generic_skipped"]
     else:
-        if calibration is not None:
-            calibration.check_method(classifier.method,
-                                     source=f"calibration file {args.calibration}")
         method, model = classifier.method, backend.model_name
+        kind, skipped = classifier.calibration, classifier.generic_skipped
+    if wanted == "generic" and kind != "generic":
+        raise UserError(f"--calibration generic: none applies ({skipped})")
+    if not args.quiet:
+        _say_what_confidence_is(kind, skipped, args.task)
     to_file = bool(args.output) and args.output != "-"
     resumed = 0
     if to_file and not args.overwrite:

@@ -62,10 +62,12 @@ def register(sub: Any) -> None:
                    help="use an existing `surelabel classify` output for these rows (matched "
                         "by id) instead of running the model")
     p.add_argument("--methods", metavar="LIST",
-                   help="comma-separated, from exact,seed,calibrated (default: all three; "
-                        f"seed only for up to {SEED_DEFAULT_MAX_ROWS} rows, as it is slow); "
-                        "exact stands for the full label distribution, measured by the best "
-                        "method the backend allows (topk or sampling for APIs)")
+                   help="comma-separated, from exact,generic,seed,calibrated (default: all; "
+                        f"seed only for up to {SEED_DEFAULT_MAX_ROWS} rows, as it is slow; "
+                        "generic when one is shipped for the model); exact stands for the full "
+                        "label distribution, measured by the best method the backend allows "
+                        "(topk or sampling for APIs); generic for the task-independent "
+                        "calibration classify uses by default")
     p.add_argument("--calibration", metavar="FILE",
                    help="calibration file for the calibrated column (default: cross-fitted)")
     p.add_argument("--folds", type=int, default=5, metavar="K",
@@ -111,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
                                 quiet=args.quiet, options=method_options_from(args))
     report = compare(task, model, scored, methods_=chosen, calibration=calibration,
                      calibration_source=f"calibration file {args.calibration}",
+                     requested_explicitly=args.methods.split(",") if args.methods else (),
                      folds=args.folds, n_bootstrap=args.bootstrap, notes=notes)
     print(format_summary(report))
     if args.json:
