@@ -81,7 +81,7 @@ class MethodOptions:
     sampling_temperature: float = SAMPLING_TEMPERATURE
     prompt: str = prompt.DEFAULT_PROMPT_STYLE
     permutations: int = 1
-    debias: bool | None = False
+    debias: bool | None = None
 
     def __post_init__(self) -> None:
         if self.samples < 1:

@@ -36,6 +36,7 @@ import numpy as np
 
 from surelabel._numeric import log_softmax
 from surelabel.backends import registry
+from surelabel.debias import CONTENT_FREE_INPUTS
 from surelabel.backends.base import (
     SAMPLING_TEMPERATURE,
     Backend,
@@ -75,6 +76,9 @@ class FakeBackend(BaseBackend):
         :class:`~surelabel.backends.base.Capabilities` fields.
     top_logprobs, concurrency:
         Alternatives reported per generated token, and the declared concurrency.
+    prior:
+        The distribution (by label position) of content-free inputs (those of
+        :mod:`surelabel.debias`); default uniform, so debiasing changes nothing.
     delay:
         Seconds every ``score``, ``generate`` and ``sample`` call sleeps first (an API's
         latency, or a slow model, in tests of concurrency and scale-out).
@@ -103,6 +107,7 @@ class FakeBackend(BaseBackend):
         concurrency: int = 1,
         generation: Generation | None = None,
         delay: float = 0.0,
+        prior: Sequence[float] | None = None,
     ) -> None:
         if isinstance(capabilities, str) and capabilities not in _PRESETS:
             raise ValueError(f"capabilities: expected one of {', '.join(_PRESETS)} or a mapping")
@@ -118,6 +123,7 @@ class FakeBackend(BaseBackend):
         self._caps = _capabilities(capabilities, top_logprobs, concurrency)
         self.generation = generation
         self.delay = float(delay)
+        self.prior = None if prior is None else [float(p) for p in prior]
         #: Calls of ``score`` so far (tests count model work with it).
         self.calls = 0
         #: Set whenever ``score`` is entered; ``hold()`` makes it wait for ``release()``.
@@ -131,6 +137,7 @@ class FakeBackend(BaseBackend):
                 logprobs=logprobs, plan=plan, default=default, reason=reason,
                 capabilities=capabilities, top_logprobs=top_logprobs, concurrency=concurrency,
                 **({"delay": delay} if delay else {}),
+                **({"prior": prior} if prior is not None else {}),
             )
 
     # -- test controls ------------------------------------------------------------------
@@ -150,6 +157,8 @@ class FakeBackend(BaseBackend):
 
     def label_logprobs(self, text: str, labels: Sequence[str]) -> list[float]:
         """The scores of ``labels`` for ``text`` (log-probabilities of complete answers)."""
+        if text in CONTENT_FREE_INPUTS:
+            return self._prior_logprobs(len(labels))
         if self.fixed is not None:
             values = self.fixed[: len(labels)]
             return values + [-10.0] * (len(labels) - len(values))
@@ -160,6 +169,14 @@ class FakeBackend(BaseBackend):
         low = text.lower()
         raw = [self._keyword_score(label, low) for label in labels]
         return [float(v) for v in log_softmax(np.array(raw))]
+
+    def _prior_logprobs(self, k: int) -> list[float]:
+        """What a content-free input gets: ``prior`` (by label position), else uniform, so
+        that debiasing changes nothing unless a test asks for a prior."""
+        if self.prior is None:
+            return [-math.log(k)] * k
+        probs = list(self.prior)[:k] + [1e-3] * max(0, k - len(self.prior))
+        return [math.log(p) for p in probs]
 
     def _keyword_score(self, label: str, low_text: str) -> float:
         hits = sum(word in low_text for word in self.keywords.get(label, ()))
@@ -191,6 +208,8 @@ class FakeBackend(BaseBackend):
 
     def _yes_no(self, text: str, label: str) -> list[float]:
         """(true, false) log-probabilities of one label of a multilabel answer."""
+        if text in CONTENT_FREE_INPUTS:
+            return self._prior_logprobs(2)
         if self.fixed is not None or self.plan or not self.keywords:
             # Position-free modes: the label's probability of applying is its share of a
             # plan/fixed distribution over (true, false).
