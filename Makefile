@@ -3,7 +3,12 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-EXTRAS := local,dev,openai,eval,server
+EXTRAS := local,dev,openai,eval,server,transformers
+# PyTorch before the project: 2.13.0 is the CPU build this image keeps on disk (pip's
+# find-links), installed in seconds. Left to the extras' dependencies pip would take PyPI's
+# newest torch, a multi-GB CUDA build. Elsewhere, e.g.
+#   make install TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
+TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml scripts/build-llama.sh 2>/dev/null | sha256sum | cut -c1-12)
 
 .PHONY: install demo test test-slow test-all lint bench bench-quality clean
@@ -15,8 +20,9 @@ $(STAMP): pyproject.toml scripts/build-llama.sh
 	$(PY) -m pip install -q --upgrade pip
 	wheels=$$(PYTHON=$(PY) bash scripts/build-llama.sh) && \
 	  $(PY) -m pip install -q "$$wheels"/llama_cpp_python-*.whl
+	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
-	$(PY) -c "import llama_cpp, surelabel"
+	$(PY) -c "import llama_cpp, torch, transformers, surelabel"
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: install
@@ -41,6 +47,8 @@ bench: install
 	$(PY) bench/bench_server.py --clients 20 --seconds 60
 	$(PY) bench/bench_server.py --backend api --clients 20 --seconds 60
 	$(PY) bench/bench_openai.py --rows 60
+	$(PY) bench/bench_ray.py --rows 200
+	$(PY) bench/bench_backends.py
 
 bench-quality: install
 	$(PY) bench/bench_quality.py

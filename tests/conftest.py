@@ -23,6 +23,17 @@ def backend() -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
+def transformers_backend() -> Iterator[object]:
+    """The same embedded GGUF through transformers (dequantized to float32, on the CPU),
+    shared by all tests of that backend."""
+    from surelabel.backends.transformers import TransformersBackend
+
+    b = TransformersBackend(device="cpu", dtype="float32")
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not DATA.is_dir():
         pytest.fail(f"labelled data sets not found at {DATA}")

@@ -43,13 +43,19 @@ def _llamacpp(request: pytest.FixtureRequest) -> Backend:
     return backend
 
 
+def _transformers(request: pytest.FixtureRequest) -> Backend:
+    backend: Backend = request.getfixturevalue("transformers_backend")  # the bundled GGUF
+    return backend
+
+
 #: Registered name -> how to get a ready instance for the checks.
 CASES: dict[str, Callable[[pytest.FixtureRequest], Backend]] = {
     "fake": _fake,
     "llamacpp": _llamacpp,
+    "transformers": _transformers,
 }
 #: Cases that load the real model (the ``model`` marker).
-REAL = {"llamacpp"}
+REAL = {"llamacpp", "transformers"}
 #: Registered backends whose contract runs elsewhere, with the reason (a real server).
 ELSEWHERE = {"openai": "tests/test_openai_server.py::test_openai_backend_contract"}
 

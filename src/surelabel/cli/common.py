@@ -25,16 +25,27 @@ def add_backend_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--backend", default="llamacpp", metavar="NAME[:OPTIONS]",
         help="where the model runs: a backend registered in the surelabel.backends "
-             "entry-point group (built in: llamacpp, the embedded model; openai; fake, for "
-             "tests), optionally with options, e.g. 'llamacpp:n_batch=256' or "
+             "entry-point group (built in: llamacpp, the embedded model; openai; "
+             "transformers, PyTorch on CPU or GPU; fake, for tests), optionally with "
+             "options, e.g. 'llamacpp:n_batch=256' or "
              "'openai:{\"max_retries\": 2}' (default: llamacpp)")
     group.add_argument("--model", metavar="PATH",
                        help="GGUF file for llamacpp (default: embedded SmolLM2-135M-Instruct); "
+                            "model directory or GGUF file for transformers (same default); "
                             "model name for openai (default: the first the server lists)")
     group.add_argument("--n-ctx", type=int, default=None, metavar="N",
                        help="context window in tokens (llamacpp default: 2048)")
     group.add_argument("--threads", type=int, default=None, metavar="N",
                        help="CPU threads (llamacpp default: half the cores, at least 1)")
+    group.add_argument("--device", default=None, metavar="DEVICE",
+                       help="where a PyTorch model runs (transformers): auto, cpu, cuda, "
+                            "cuda:1 ... (default: auto, CUDA when available)")
+    group.add_argument("--dtype", default=None, metavar="DTYPE",
+                       help="weights' dtype (transformers): auto, float32, bfloat16, float16 "
+                            "(default: auto, float32 on the CPU)")
+    group.add_argument("--batch-size", type=int, default=None, metavar="N",
+                       help="items scored in one forward pass (transformers default: 8 on "
+                            "the CPU, 64 on a GPU)")
     group.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
                        help="any other option of the backend (a JSON value or a string); "
                             "repeatable")
@@ -92,6 +103,9 @@ BACKEND_FLAGS: dict[str, str] = {
     "max_tpm": "max_tpm",
     "top_logprobs": "top_logprobs",
     "timeout": "timeout",
+    "device": "device",
+    "dtype": "dtype",
+    "batch_size": "batch_size",
 }
 
 
