@@ -67,6 +67,41 @@ def evaluate(cal: Any, data: Any) -> dict[str, Any]:
     }
 
 
+def task_means_transfer(data: dict[str, Any], names: list[str], l2: float) -> None:
+    """Leave-one-task-out with three task-level features added: the mean over the task's
+    rows of the top logit, margin and entropy ratio. They need no labels but do need the
+    whole batch, so a classifier that sees one item at a time cannot use them; measured
+    only, to show how much of the gap is the task's unknown difficulty."""
+    from surelabel import metrics
+    from surelabel.calibration.generic import L2, _sigmoid, features, fit_logistic
+
+    def feats(name: str) -> tuple[np.ndarray, np.ndarray]:
+        probs, mass, correct, _yes_no, _rows, _n = data[name]
+        x = features(probs, mass)
+        means = np.repeat(x[:, :3].mean(axis=0, keepdims=True), len(x), axis=0)
+        return np.concatenate([x, means], axis=1), correct
+
+    print("\nwith task-level means as features (measured only):\n")
+    print("| left-out set | ECE | answers accepted (acc) |")
+    print("|---|---|---|")
+    eces = []
+    for left in names:
+        kind = data[left][3]  # the left-out set's kind of answers: yes/no or labels
+        train = [feats(n) for n in names if n != left and data[n][3] == kind]
+        xs = np.concatenate([x for x, _ in train])
+        ts = np.concatenate([c for _, c in train])
+        ws = np.concatenate([np.full(len(x), 1.0 / len(x)) for x, _ in train])
+        beta, mean, scale = fit_logistic(xs, ts, ws, L2["yes_no"] if kind else l2)
+        x, correct = feats(left)
+        conf = _sigmoid(((x - mean) / scale) @ beta[:-1] + beta[-1])
+        ece = metrics.calibration_error(conf, correct, 15, "uniform")
+        eces.append(ece)
+        accepted = conf > ACCEPT
+        acc = f"{correct[accepted].mean():.2f}" if accepted.any() else "-"
+        print(f"| {left} | {ece:.3f} | {accepted.mean():.1%} ({acc}) |")
+    print(f"\nmean ECE {np.mean(eces):.3f}, largest {np.max(eces):.3f}")
+
+
 def main() -> None:
     from surelabel.backends.registry import BackendSpec, build_backend
     from surelabel.calibration.generic import FEATURES, fit_generic, shipped_path
@@ -76,11 +111,17 @@ def main() -> None:
     parser.add_argument("--backend", default="llamacpp", help="backend spec (default: llamacpp)")
     parser.add_argument("--rows", type=int, default=150)
     parser.add_argument("--sets", default=",".join(SETS))
-    parser.add_argument("--l2", type=float, default=1e-2)
+    parser.add_argument("--l2", type=float, default=None,
+                        help="L2 penalty of the single-label map (default: the library's)")
+    parser.add_argument("--l2-yes-no", type=float, default=None,
+                        help="L2 penalty of the multilabel yes/no map (default: the library's)")
     parser.add_argument("--write", action="store_true",
                         help="write the map where the package ships it for this model")
     parser.add_argument("--out", type=Path, help="write the map here")
     parser.add_argument("--json", type=Path, help="write the transfer table as JSON")
+    parser.add_argument("--task-means", action="store_true",
+                        help="also measure (not ship) a variant that adds each task's mean "
+                             "top logit, margin and entropy over its rows as features")
     args = parser.parse_args()
     backend = build_backend(BackendSpec.parse(args.backend))
     model = backend.model_name
@@ -107,7 +148,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     transfer = {}
     for name in names:
-        cal = fit_generic(model, scoring, sets_except(name), l2=args.l2)
+        cal = fit_generic(model, scoring, sets_except(name), l2=args.l2,
+                          l2_yes_no=args.l2_yes_no)
         raw, gen = evaluate(None, data[name]), evaluate(cal, data[name])
         transfer[name] = {"raw": raw, "generic": gen}
 
@@ -118,18 +160,33 @@ def main() -> None:
         print(f"| {name} | {len(data[name][0])} | {gen['accuracy']:.3f} | {raw['ece']:.3f} | "
               f"{gen['ece']:.3f} | {gen['smooth_ece']:.3f} | {acc(raw)} | {acc(gen)} | "
               f"{gen['auroc']:.3f} |")
-    met = [n for n, t in transfer.items() if t["generic"]["ece"] <= 0.10 and (
-        t["generic"]["accepted_accuracy"] is None or t["generic"]["accepted_accuracy"] >= 0.9)]
-    print(f"\ntargets (ECE <= 0.10, accepted >= 90 % right or none accepted) met on "
-          f"{len(met)} of {len(names)} left-out sets")
-    full = fit_generic(model, scoring, sets_except(None), l2=args.l2)
+    eces = [t["generic"]["ece"] for t in transfer.values()]
+    print(f"\nECE of the generic map over the left-out sets: mean {np.mean(eces):.3f}, "
+          f"largest {np.max(eces):.3f} (raw: mean "
+          f"{np.mean([t['raw']['ece'] for t in transfer.values()]):.3f})")
+    ece_met = [n for n, t in transfer.items() if t["generic"]["ece"] <= 0.10]
+    accept_met = [n for n, t in transfer.items() if t["generic"]["accepted_accuracy"] is None
+                  or t["generic"]["accepted_accuracy"] >= 0.9]
+    print(f"\nECE <= 0.10 on {len(ece_met)} of {len(names)} left-out sets "
+          f"({', '.join(ece_met) or 'none'}); accepted >= 90 % right (or none accepted) on "
+          f"{len(accept_met)} of {len(names)}; both on "
+          f"{len(set(ece_met) & set(accept_met))}")
+    full = fit_generic(model, scoring, sets_except(None), l2=args.l2,
+                       l2_yes_no=args.l2_yes_no)
     full.transfer = {n: {k: t["generic"][k] for k in ("ece", "accept_share",
                                                       "accepted_accuracy")}
                      for n, t in transfer.items()}
     print("\nstandardized weights of the map fitted on all sets (log-odds of 'right' per "
           "standard deviation of the feature):")
-    for feature, w in zip(FEATURES, full.coef[:-1]):
-        print(f"  {feature:16s} {w:+.3f}")
+    print("| feature | " + " | ".join(full.maps) + " |")
+    print("|---|" + "---|" * len(full.maps))
+    for i, feature in enumerate(FEATURES):
+        print(f"| {feature} | " + " | ".join(f"{m.coef[i]:+.3f}" for m in full.maps.values())
+              + " |")
+    print("| (intercept) | " + " | ".join(f"{m.coef[-1]:+.3f}" for m in full.maps.values())
+          + " |")
+    if args.task_means:
+        task_means_transfer(data, names, args.l2 or 1e-2)
     if args.write or args.out:
         out = args.out or shipped_path(model)
         out.parent.mkdir(parents=True, exist_ok=True)

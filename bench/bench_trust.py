@@ -60,12 +60,12 @@ def report(names: list[str], n_rows: int) -> None:
     from surelabel._numeric import softmax
 
     lines_style = ["| set | labels | style | accuracy | macro-F1 | ECE | AUROC | first-label share "
-                   "(multilabel: yes per row, gold) | s/row |", "|" + "---|" * 10]
+                   "(multilabel: yes per row, gold) | s/row |", "|" + "---|" * 9]
     lines_perm = ["| set | orders | accuracy | macro-F1 | ECE | AUROC | cost |",
                   "|" + "---|" * 7]
     lines_debias = ["| set | accuracy raw | debiased | macro-F1 raw | debiased | ECE raw | "
                     "debiased | AUROC raw | debiased | debiased (3 classic inputs only): acc |",
-                    "|" + "---|" * 11]
+                    "|" + "---|" * 10]
     summary: dict[str, Any] = {}
     for name in names:
         task = load(name)

@@ -219,6 +219,8 @@ class Classifier:
                    else generic.check(backend.model_name, scoring))
             self.calibrator = generic if why is None else None
             self.generic_skipped = why
+        if isinstance(self.calibrator, GenericCalibration):
+            self.calibrator = self.calibrator.for_task(self.task)
         if isinstance(self.calibrator, Calibration):
             source = self.calibrator.source
             self.calibrator.check(self.task, backend.model_name, source=source)

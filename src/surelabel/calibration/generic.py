@@ -9,6 +9,18 @@ answers, and whether it is a multilabel yes/no. Fitted on the labelled shared se
 fitted on, leaving each set out in turn), and shipped in the package for the embedded model
 (:func:`load_generic`); ``classify`` uses it when a task has no calibration of its own.
 
+There are two maps, one for the answers of single-label tasks (binary and multiclass) and
+one for the per-label yes/no answers of multilabel tasks: a model's yes/no answers behave
+unlike its choices among labels (on the shared sets the embedded model says yes to about
+half of all labels), so one map for both transferred badly. The yes/no map is strongly
+regularized, as only a couple of multilabel tasks inform it.
+
+Each map also has an accept **gate**: a confidence above the default accept threshold
+(0.9) is kept only where, on every set it was fitted on, answers that confident were at
+least 90 % right (with two pseudo-failures added per set); below the gate it is capped at
+0.9, so the item goes to review. Leaving a task out, that kept every accepted answer right
+on the shared sets, at the cost of accepting little.
+
 Only the top answer's probability is replaced; the others keep their ratios, and the top
 answer stays on top.
 """
@@ -36,11 +48,26 @@ from surelabel.errors import CalibrationError
 from surelabel.task import YES_NO
 
 FORMAT = "surelabel-generic-calibration"
-VERSION = 1
+VERSION = 2
 #: Names of the features, in the order of :func:`features`.
 FEATURES: tuple[str, ...] = (
-    "logit_top", "margin", "entropy_ratio", "log_answers", "log_label_mass", "yes_no",
+    "logit_top", "margin", "entropy_ratio", "log_answers", "log_label_mass",
 )
+#: The two maps: answers among a task's labels, and multilabel yes/no answers.
+KINDS: tuple[str, ...] = ("labels", "yes_no")
+#: Default L2 penalties of the two maps (on standardized features). The yes/no map's is
+#: strong: the shared data has two multilabel tasks, so leaving one out leaves one to learn
+#: from, and a weak penalty fitted that one task's quirks (bench/bench_generic.py).
+L2 = {"labels": 1e-2, "yes_no": 10.0}
+#: The default accept threshold. A map's confidence above it is kept only past the map's
+#: ``gate`` (see :func:`accept_gate`); below the gate it is capped here, so it routes to
+#: review.
+ACCEPT_CAP = 0.9
+#: The accuracy the gate holds the answers above it to, on every set it was fitted on.
+GATE_ACCURACY = 0.9
+#: Pseudo-failures added to each set's count above a candidate gate: a gate that only a
+#: handful of right answers pass is not trusted.
+GATE_PSEUDO_ERRORS = 2
 _EPS = 1e-6
 
 
@@ -49,7 +76,7 @@ def _logit(p: FloatArray) -> FloatArray:
     return np.asarray(np.log(q / (1 - q)), dtype=np.float64)
 
 
-def features(probs: FloatArray, label_mass: FloatArray, yes_no: bool) -> FloatArray:
+def features(probs: FloatArray, label_mass: FloatArray) -> FloatArray:
     """The features of ``(n, K)`` distributions (their label masses ``(n,)``)."""
     p = np.asarray(probs, dtype=np.float64)
     k = p.shape[1]
@@ -63,7 +90,6 @@ def features(probs: FloatArray, label_mass: FloatArray, yes_no: bool) -> FloatAr
         entropy / math.log(k),
         np.full(len(p), math.log(k)),
         np.log(mass),
-        np.full(len(p), 1.0 if yes_no else 0.0),
     ], axis=1)
 
 
@@ -103,6 +129,37 @@ def fit_logistic(
     return beta, mean, scale
 
 
+@dataclasses.dataclass(frozen=True)
+class LogisticMap:
+    """A logistic map on standardized :data:`FEATURES` (``coef`` ends with the intercept)."""
+
+    coef: list[float]
+    mean: list[float]
+    scale: list[float]
+    gate: float = 1.0
+
+    def __call__(self, x: FloatArray) -> FloatArray:
+        z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
+        coef = np.asarray(self.coef)
+        return self.capped(_sigmoid(z @ coef[:-1] + coef[-1]))
+
+    def capped(self, conf: FloatArray) -> FloatArray:
+        """Confidences above :data:`ACCEPT_CAP` kept only past the gate."""
+        return np.asarray(np.where(conf > self.gate, conf, np.minimum(conf, ACCEPT_CAP)),
+                          dtype=np.float64)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"coef": self.coef, "mean": self.mean, "scale": self.scale, "gate": self.gate}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> LogisticMap:
+        out = cls(coef=[float(v) for v in data["coef"]], mean=[float(v) for v in data["mean"]],
+                  scale=[float(v) for v in data["scale"]], gate=float(data["gate"]))
+        if not len(out.coef) == len(out.mean) + 1 == len(out.scale) + 1 == len(FEATURES) + 1:
+            raise ValueError("coef, mean and scale do not match the features")
+        return out
+
+
 @dataclasses.dataclass
 class GenericCalibration:
     """A cross-task confidence model for one model (see the module docstring).
@@ -115,27 +172,34 @@ class GenericCalibration:
         The model it was fitted for (a generic calibration of another model is not used).
     scoring:
         How the distributions were scored (prompt style, label orders, debiasing).
-    coef, mean, scale:
-        The logistic map on standardized :data:`FEATURES` (``coef`` ends with the intercept).
+    maps:
+        The :class:`LogisticMap` of each kind of answer (:data:`KINDS`) it was fitted on;
+        an answer of a kind without a map keeps its raw probability.
     fitted_on:
-        The sets it was fitted on, with their row counts.
+        The sets it was fitted on, with their answer counts.
     transfer:
         Leave-one-task-out figures measured when it was built (for the record).
     """
 
     model: str
     scoring: dict[str, Any]
-    coef: list[float]
-    mean: list[float]
-    scale: list[float]
+    maps: dict[str, LogisticMap]
     fitted_on: dict[str, int] = dataclasses.field(default_factory=dict)
     transfer: dict[str, Any] = dataclasses.field(default_factory=dict)
     created: str = dataclasses.field(
         default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     )
     source: str = dataclasses.field(default="the generic calibration", compare=False)
+    #: Whether it serves a multilabel task (its answers are yes/no), once bound to a task
+    #: with :meth:`for_task`; unbound, a distribution over ``true``/``false`` counts as one.
+    multilabel: bool | None = dataclasses.field(default=None, compare=False)
 
     kind = "generic"
+
+    def for_task(self, task: Any) -> GenericCalibration:
+        """This map for ``task``: a binary yes/no question is a choice between two labels,
+        a multilabel task's answers are yes/no answers."""
+        return dataclasses.replace(self, multilabel=task.kind == "multilabel")
 
     @property
     def method(self) -> str:
@@ -143,16 +207,18 @@ class GenericCalibration:
 
     @property
     def id(self) -> str:
-        data = json.dumps({"coef": self.coef, "mean": self.mean, "scale": self.scale,
+        data = json.dumps({"maps": {k: m.to_dict() for k, m in self.maps.items()},
                            "model": self.model, "scoring": self.scoring}, sort_keys=True)
         return f"generic-{hashlib.sha256(data.encode()).hexdigest()[:10]}"
 
     def confidence(self, probs: FloatArray, label_mass: FloatArray, yes_no: bool) -> FloatArray:
-        """P(top answer right) for ``(n, K)`` distributions."""
-        x = features(probs, label_mass, yes_no)
-        z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
-        coef = np.asarray(self.coef)
-        return _sigmoid(z @ coef[:-1] + coef[-1])
+        """P(top answer right) for ``(n, K)`` distributions (``yes_no``: multilabel yes/no
+        answers)."""
+        p = np.asarray(probs, dtype=np.float64)
+        fitted = self.maps.get("yes_no" if yes_no else "labels")
+        if fitted is None:
+            return np.asarray(p.max(axis=1), dtype=np.float64)
+        return fitted(features(p, label_mass))
 
     def predict_proba(self, probs: FloatArray, label_mass: FloatArray, yes_no: bool) -> FloatArray:
         """Calibrated ``(n, K)`` distributions: the top answer's probability replaced by its
@@ -175,7 +241,8 @@ class GenericCalibration:
         del label
         p = np.asarray(distribution.probabilities, dtype=np.float64)[None, :]
         mass = np.array([distribution.label_mass if distribution.label_mass else 1.0])
-        out = self.predict_proba(p, mass, distribution.labels == YES_NO)[0]
+        yes_no = (distribution.labels == YES_NO) if self.multilabel is None else self.multilabel
+        out = self.predict_proba(p, mass, yes_no)[0]
         return distribution.with_probabilities(out.tolist())
 
     def check(self, model: str, scoring: dict[str, Any]) -> str | None:
@@ -192,7 +259,7 @@ class GenericCalibration:
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, "created": self.created,
                 "model": self.model, "scoring": self.scoring, "features": list(FEATURES),
-                "coef": self.coef, "mean": self.mean, "scale": self.scale,
+                "maps": {k: m.to_dict() for k, m in self.maps.items()},
                 "fitted_on": self.fitted_on, "transfer": self.transfer}
 
     @classmethod
@@ -203,10 +270,10 @@ class GenericCalibration:
             raise CalibrationError(f"{source}: made by another surelabel version; refit it "
                                    "with bench/bench_generic.py")
         try:
-            return cls(model=str(data["model"]), scoring=dict(data["scoring"]),
-                       coef=[float(v) for v in data["coef"]],
-                       mean=[float(v) for v in data["mean"]],
-                       scale=[float(v) for v in data["scale"]],
+            maps = {str(k): LogisticMap.from_dict(m) for k, m in dict(data["maps"]).items()}
+            if not maps or set(maps) - set(KINDS):
+                raise ValueError(f"maps: expected some of {', '.join(KINDS)}")
+            return cls(model=str(data["model"]), scoring=dict(data["scoring"]), maps=maps,
                        fitted_on=dict(data.get("fitted_on") or {}),
                        transfer=dict(data.get("transfer") or {}),
                        created=str(data.get("created", "")), source=source)
@@ -217,28 +284,61 @@ class GenericCalibration:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n", encoding="utf-8")
 
 
+def accept_gate(confidences: Sequence[tuple[FloatArray, NDArray[np.bool_]]]) -> float:
+    """The lowest confidence ``t`` >= :data:`ACCEPT_CAP` such that, on every set, the
+    answers with confidence above ``t`` were right at least :data:`GATE_ACCURACY` of the
+    time, counting :data:`GATE_PSEUDO_ERRORS` more wrong ones; 1.0 when none qualifies.
+
+    ``confidences``: per set, the map's confidences and whether each answer was right."""
+    candidates = np.unique(np.concatenate(
+        [np.asarray([ACCEPT_CAP])] + [np.asarray(c)[np.asarray(c) >= ACCEPT_CAP]
+                                      for c, _ in confidences]))
+    for t in candidates:
+        if all(int(np.sum(ok[c > t])) >= GATE_ACCURACY * (int(np.sum(c > t)) + GATE_PSEUDO_ERRORS)
+               or not np.any(c > t) for c, ok in confidences):
+            return float(t)
+    return 1.0
+
+
 def fit_generic(
     model: str,
     scoring: dict[str, Any],
     sets: Sequence[tuple[str, FloatArray, FloatArray, NDArray[np.bool_], bool]],
     *,
-    l2: float = 1e-2,
+    l2: float | None = None,
+    l2_yes_no: float | None = None,
 ) -> GenericCalibration:
-    """Fit the cross-task map on labelled answers of several tasks.
+    """Fit the cross-task maps on labelled answers of several tasks.
 
     ``sets``: (name, ``(n, K)`` distributions, ``(n,)`` label masses, ``(n,)`` whether the
-    top answer was right, whether these are multilabel yes/no answers). Every set weighs the
-    same in the fit, however many answers it has, so no task dominates.
+    top answer was right, whether these are multilabel yes/no answers). The single-label
+    sets fit the ``labels`` map, the yes/no sets the ``yes_no`` map (L2 penalties ``l2``
+    and ``l2_yes_no``, default :data:`L2`). Every set weighs the same in its map's fit,
+    however many answers it has, so no task dominates.
     """
-    xs, ts, ws = [], [], []
-    for _, probs, mass, correct, yes_no in sets:
-        xs.append(features(probs, mass, yes_no))
-        ts.append(np.asarray(correct, dtype=bool))
-        ws.append(np.full(len(probs), 1.0 / max(1, len(probs))))
-    beta, mean, scale = fit_logistic(np.concatenate(xs), np.concatenate(ts),
-                                     np.concatenate(ws), l2)
-    return GenericCalibration(model=model, scoring=dict(scoring), coef=beta.tolist(),
-                              mean=mean.tolist(), scale=scale.tolist(),
+    penalty = {"labels": L2["labels"] if l2 is None else l2,
+               "yes_no": L2["yes_no"] if l2_yes_no is None else l2_yes_no}
+    maps = {}
+    for kind in KINDS:
+        xs: list[FloatArray] = []
+        ts: list[NDArray[np.bool_]] = []
+        ws: list[FloatArray] = []
+        for _, probs, mass, correct, yes_no in sets:
+            if yes_no != (kind == "yes_no"):
+                continue
+            xs.append(features(probs, mass))
+            ts.append(np.asarray(correct, dtype=bool))
+            ws.append(np.full(len(probs), 1.0 / max(1, len(probs))))
+        if not xs:
+            continue
+        beta, mean, scale = fit_logistic(np.concatenate(xs), np.concatenate(ts),
+                                         np.concatenate(ws), penalty[kind])
+        ungated = LogisticMap(beta.tolist(), mean.tolist(), scale.tolist(), gate=0.0)
+        gate = accept_gate([(ungated(x), t) for x, t in zip(xs, ts)])
+        maps[kind] = dataclasses.replace(ungated, gate=gate)
+    if not maps:
+        raise CalibrationError("fit_generic: no labelled answers to fit on")
+    return GenericCalibration(model=model, scoring=dict(scoring), maps=maps,
                               fitted_on={name: len(p) for name, p, *_ in sets})
 
 
