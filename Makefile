@@ -49,6 +49,7 @@ bench: install
 	$(PY) bench/bench_openai.py --rows 60
 	$(PY) bench/bench_ray.py --rows 200
 	$(PY) bench/bench_backends.py
+	$(PY) bench/bench_labels.py --rows 100 --plot docs/img/labels.png
 
 bench-quality: install
 	$(PY) bench/bench_quality.py

@@ -13,7 +13,16 @@
    test proxy in ``tests/test_openai_server.py`` clears the server's cached prompt
    (docs/openai.md).
 
-    python bench/numerics.py                 # both parts, about 20 s
+3. Unified KV buffer (``--part cells``). Several items of a multi-token, shared-prefix
+   task (and one of clinc150's 150 intents) have their label tries decoded in ONE
+   ``llama_decode`` call over a unified KV cache (``kv_unified``, a trie node's cell in the
+   sequence of every label path through it, the context in sequence 0), with an F16 and an
+   F32 cache; printed: the largest difference of a label probability and log-probability
+   from the brute force on at most 16 labels of an item (each answer evaluated alone, from
+   an empty cache of the same type, tokens in the cells numbered as their positions). Why
+   the backend decodes items in separate KV streams instead (``backends/llamacpp.py``).
+
+    python bench/numerics.py                 # all parts, a few minutes
 """
 
 from __future__ import annotations
@@ -63,6 +72,141 @@ def split_part() -> None:
         print(f"flash attention {'on ' if flash else 'off'}: one batch vs batches of 8: "
               f"largest log-softmax gap {gap.max():.2e}, at the label's first token "
               f"{gap[label_token]:.2e}")
+
+
+def _context(model: Any, type_kv: int, unified: bool, n_seq: int) -> Any:
+    import llama_cpp
+    from llama_cpp import _internals
+
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx, params.n_batch, params.n_ubatch = 4096, 1024, 1024
+    params.n_threads = params.n_threads_batch = 2
+    params.flash_attn_type = 0
+    params.n_seq_max, params.kv_unified = n_seq, unified
+    params.type_k = params.type_v = type_kv
+    return _internals.LlamaContext(model=model, params=params, verbose=False)
+
+
+def _run(ctx: Any, batch: Any, entries: list[tuple[int, int, list[int], bool]],
+         n_vocab: int) -> list[np.ndarray]:
+    import ctypes
+
+    import llama_cpp
+
+    for i, (tok, pos, seqs, want) in enumerate(entries):
+        batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, pos, len(seqs)
+        for j, seq in enumerate(seqs):
+            batch.seq_id[i][j] = seq
+        batch.logits[i] = want
+    batch.n_tokens = len(entries)
+    if llama_cpp.llama_decode(ctx.ctx, batch) != 0:
+        raise RuntimeError("llama_decode failed")
+    rows = []
+    for i, (*_, want) in enumerate(entries):
+        if want:
+            ptr = llama_cpp.llama_get_logits_ith(ctx.ctx, i)
+            rows.append(np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)),
+                                              shape=(n_vocab,)).astype(np.float64))
+    return rows
+
+
+def _lsm(x: np.ndarray) -> np.ndarray:
+    m = x.max()
+    out: np.ndarray = x - m - np.log(np.exp(x - m).sum())
+    return out
+
+
+def _rows_at(rows: list[np.ndarray], at: dict[int, int]) -> Any:
+    def row(node: int) -> np.ndarray:
+        return _lsm(rows[at[node]])
+    return row
+
+
+def cells_part() -> None:
+    import llama_cpp
+
+    from surelabel import prompt
+    from surelabel.backends._scoring import LabelTrie, common_prefix_len
+    from surelabel.backends.llamacpp import LlamaCppBackend
+    from surelabel.task import Task, load_task
+
+    shared = Task.from_dict({"name": "shared", "instructions": "Classify the diet of the dish.",
+                             "field": "diet",
+                             "labels": ["vegetable", "vegetarian", "vegan", "meat"]})
+    clinc = load_task(REPO / "bench" / "tasks" / "clinc150.yaml")
+    cases = [(shared, ["grilled tofu with rice", "beef stew", "carrot"]),
+             (clinc, ["how do i set an alarm for 7 am"])]
+    be = LlamaCppBackend(n_threads=2)
+    n_vocab = be._n_vocab
+    for task, texts in cases:
+        pre, conts = prompt.answer_prefix(task), prompt.continuations(task)
+        closer = prompt.closer(task)
+        close = be.closing_token_ids(closer)
+        items = [be.answer_split(prompt.messages(task, t), pre, conts)[:2] for t in texts]
+        head = min(common_prefix_len([c for c, _ in items]), min(len(c) for c, _ in items) - 1)
+        tries = [LabelTrie(tails, True) for _, tails in items]
+        n_seq = 1 + sum(len(t.leaves()) for t in tries)
+        for name, type_kv in (("F16", llama_cpp.GGML_TYPE_F16), ("F32", llama_cpp.GGML_TYPE_F32)):
+            # Brute force: each answer alone, from an empty plain cache of the same type.
+            plain = _context(be._model, type_kv, False, 1)
+            pbatch = llama_cpp.llama_batch_init(1024, 0, 1)
+            ctx = _context(be._model, type_kv, True, n_seq)
+            batch = llama_cpp.llama_batch_init(1024, 0, n_seq)
+            try:
+                # The trie way: the shared head in sequence 0, then one call for every
+                # item's remaining context and label trie, one sequence per label path.
+                _run(ctx, batch, [(t, i, list(range(n_seq)), False)
+                                  for i, t in enumerate(items[0][0][:head])], n_vocab)
+                entries: list[tuple[int, int, list[int], bool]] = []
+                where: list[dict[int, int]] = []
+                seq = 1
+                for (context, _), trie in zip(items, tries):
+                    leaves = trie.leaves()
+                    seqs = list(range(seq, seq + len(leaves)))
+                    under: dict[int, list[int]] = {n: [] for n in range(len(trie.nodes))}
+                    for s, leaf in zip(seqs, leaves):
+                        node = leaf
+                        while node > 0:
+                            under[node].append(s)
+                            node = trie.nodes[node].parent
+                    seq += len(leaves)
+                    want = trie.reads()
+                    at: dict[int, int] = {}
+                    for i in range(head, len(context)):
+                        if i == len(context) - 1:
+                            at[0] = sum(e[3] for e in entries)
+                        entries.append((context[i], i, seqs, i == len(context) - 1))
+                    for node in trie.preorder():
+                        if node in want:
+                            at[node] = sum(e[3] for e in entries)
+                        entries.append((trie.nodes[node].token,
+                                        len(context) + trie.nodes[node].depth - 1,
+                                        under[node], node in want))
+                    where.append(at)
+                rows = _run(ctx, batch, entries, n_vocab)
+                dp = dl = 0.0
+                for (context, tails), trie, at in zip(items, tries, where):
+                    fast = trie.logprobs(_rows_at(rows, at), close)
+                    # The brute force costs a full evaluation per answer: at most 16 per item.
+                    step = max(1, len(tails) // 16)
+                    for tail, lp in list(zip(tails, fast))[::step]:
+                        llama_cpp.llama_memory_clear(plain.memory, True)
+                        full = [*context, *tail]
+                        got = _run(plain, pbatch, [(t, i, [0], i >= len(context) - 1)
+                                                   for i, t in enumerate(full)], n_vocab)
+                        ref = sum(_lsm(got[k])[tail[k]] for k in range(len(tail)))
+                        ref += float(np.log(np.exp(_lsm(got[len(tail)])[close]).sum()))
+                        dp = max(dp, abs(np.exp(lp) - np.exp(ref)))
+                        dl = max(dl, abs(lp - ref))
+                print(f"{task.name} ({len(task.labels)} labels, {len(texts)} items in one call), "
+                      f"{name} cache, unified trie vs brute force: largest label probability "
+                      f"gap {dp:.2e}, log-probability gap {dl:.3f}")
+            finally:
+                llama_cpp.llama_batch_free(batch)
+                llama_cpp.llama_batch_free(pbatch)
+                ctx.close()
+                plain.close()
+    be.close()
 
 
 def _free_port() -> int:
@@ -123,12 +267,15 @@ def repeat_part() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("split", "repeat", "both"), default="both")
+    parser.add_argument("--part", choices=("split", "repeat", "cells", "both", "all"),
+                        default="all", help="both: split and repeat")
     args = parser.parse_args(argv)
-    if args.part in ("split", "both"):
+    if args.part in ("split", "both", "all"):
         split_part()
-    if args.part in ("repeat", "both"):
+    if args.part in ("repeat", "both", "all"):
         repeat_part()
+    if args.part in ("cells", "all"):
+        cells_part()
     return 0
 
 

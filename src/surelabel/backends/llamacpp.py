@@ -6,18 +6,21 @@ read from the logits. What is scored (the answer split, the closing tokens, trun
 the chat template) is decided by the shared core, :mod:`surelabel.backends._scoring`; this
 module makes the llama.cpp calls:
 
-- **The shared head is evaluated once.** Sequence 0 of the KV cache holds the tokens every
-  request of a batch shares (for one request at a time: the tokens it shares with the one
-  before), typically the system prompt with the label list; a new batch evaluates only
-  what is not cached yet.
-- **Everything after the head is one token trie** (:class:`~surelabel.backends._scoring.
-  TokenTrie`): each request's own tokens (the item) and each label's answer tokens, for
-  all requests of the batch. A token that several labels or requests share is one node,
-  evaluated once; the nodes go to ``llama_decode`` ``n_batch`` at a time, each root-to-leaf
-  path as its own KV sequence (a node's cell belongs to every path through it, so each
-  token attends to the head and its own ancestors only). Several items and all their
-  labels are thus decoded together; a trie too big for the sequences or cells the context
-  has is split into waves, decoded one after another.
+- **The shared head is evaluated once.** A stream's KV cells keep what it evaluated last;
+  a request reuses the tokens it shares with them (typically the system prompt with the
+  label list), and before several items start, one stream evaluates the head they all
+  share and the others copy it (``llama_memory_seq_cp``) instead of decoding it again.
+- **Items side by side, one KV stream each** (``n_streams``, ``kv_unified=False``): the
+  labels of one item (all the subtasks of a multilabel item too) are one walk of their
+  token trie in one stream, going through the answers in sorted token order, keeping the
+  tokens the next answer shares and truncating the rest, so a token several labels share
+  is decoded once. Each ``llama_decode`` call carries the next tokens of every active
+  walk, the same number for each (at least two).
+- **Why not one KV sequence per trie path in one shared buffer.** A unified buffer, a
+  cell belonging to several sequences, would decode a whole trie in one call, but its
+  tokens then sit in cells not numbered as their positions, and on this model that moves
+  label log-probabilities by up to 0.36 against the brute force, with an F16 cache and
+  with an F32 one (``bench/numerics.py --part cells``; docs/BENCHMARKS.md, "Many labels").
 """
 
 from __future__ import annotations
@@ -113,6 +116,11 @@ class LlamaCppBackend(BaseBackend):
                        n_streams=n_streams)
         if n_streams < 1:
             raise ModelLoadError("n_streams: must be at least 1")
+        if n_batch < 2:
+            raise ModelLoadError("n_batch: must be at least 2")
+        # Each decode call carries at least two tokens of every active stream (see _step),
+        # and llama.cpp reserves one output per sequence: no more streams than that allows.
+        n_streams = min(n_streams, n_batch // 2)
         path = Path(model) if model is not None else default_model_path()
         if not path.is_file():
             raise ModelLoadError(f"model file {path}: not found")
