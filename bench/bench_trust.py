@@ -55,6 +55,11 @@ def metrics_of(task: Any, p3: np.ndarray, y: Any, order: tuple[int, ...]) -> dic
     return out
 
 
+def _share(m: dict[str, Any]) -> str:
+    """The first-label share (multilabel: yes per row) of a metrics dict."""
+    return f"{m['yes_per_row']:.1f} yes" if "yes_per_row" in m else f"{m['first_share']:.2f}"
+
+
 def report(names: list[str], n_rows: int) -> None:
     from surelabel import debias, methods
     from surelabel._numeric import softmax
@@ -64,8 +69,9 @@ def report(names: list[str], n_rows: int) -> None:
     lines_perm = ["| set | orders | accuracy | macro-F1 | ECE | AUROC | cost |",
                   "|" + "---|" * 7]
     lines_debias = ["| set | accuracy raw | debiased | macro-F1 raw | debiased | ECE raw | "
-                    "debiased | AUROC raw | debiased | debiased (3 classic inputs only): acc |",
-                    "|" + "---|" * 10]
+                    "debiased | AUROC raw | debiased | debiased (3 classic inputs only): acc | "
+                    "first-label share raw | debiased |",
+                    "|" + "---|" * 12]
     summary: dict[str, Any] = {}
     for name in names:
         task = load(name)
@@ -114,7 +120,7 @@ def report(names: list[str], n_rows: int) -> None:
         lines_debias.append(
             f"| {name} | {mr['accuracy']:.3f} | {md['accuracy']:.3f} | {mr['macro_f1']:.3f} | "
             f"{md['macro_f1']:.3f} | {mr['ece']:.3f} | {md['ece']:.3f} | {_f(mr['auroc'])} | "
-            f"{_f(md['auroc'])} | {mc['accuracy']:.3f} |")
+            f"{_f(md['auroc'])} | {mc['accuracy']:.3f} | {_share(mr)} | {_share(md)} |")
         summary[name]["debiased"] = md
         summary[name]["debiased_classic"] = mc
     print("\n".join(lines_style), "\n")
