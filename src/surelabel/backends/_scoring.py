@@ -189,6 +189,69 @@ def closing_tokens(n_vocab: int, piece: Callable[[int], bytes], closer: str) -> 
     return np.array(ids, dtype=np.int64)
 
 
+class TokenScoring:
+    """The token-level part of the backend interface that every exact-scoring backend
+    shares (llama.cpp, transformers): tokenizing, the chat prompt with truncation, the
+    answer split and the closing tokens, all through the functions above. A backend
+    provides the hooks: ``_tokenize(text, add_bos=, special=)``, ``_vocab_pieces()``,
+    and the attributes ``_template``, ``_add_bos``, ``_bos_text``, ``_n_ctx``, ``_lock``
+    and ``_closers`` (a dict)."""
+
+    _template: ChatTemplate
+    _add_bos: bool
+    _bos_text: str
+    _n_ctx: int
+    _lock: Any
+    _closers: dict[str, NDArray[np.int64]]
+
+    def _tokenize(self, text: str, *, add_bos: bool, special: bool) -> list[int]:
+        raise NotImplementedError
+
+    def _vocab_pieces(self) -> tuple[int, Callable[[int], bytes]]:
+        """The vocabulary size and each token's bytes (for :func:`closing_tokens`)."""
+        raise NotImplementedError
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` as message content or answer text (no special tokens)."""
+        return self._plain(text)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` as message content or answer text."""
+        return len(self._plain(text))
+
+    def prompt_tokens(self, messages: Sequence[Message]) -> list[int]:
+        """The chat prompt's tokens, as evaluated (after any truncation)."""
+        with self._lock:
+            return self._prompt_tokens(messages)[0]
+
+    def answer_split(
+        self, messages: Sequence[Message], prefix: str, continuations: Sequence[str]
+    ) -> tuple[list[int], list[list[int]], tuple[str, ...]]:
+        """The context every answer shares (prompt + common answer tokens), each answer's
+        remaining tokens, and any truncation warning (see :func:`split_answers`)."""
+        prompt, warnings = self._prompt_tokens(messages)
+        shared, tails = split_answers(self._plain, prefix, continuations)
+        return prompt + shared, tails, warnings
+
+    def closing_token_ids(self, closer: str) -> NDArray[np.int64]:
+        """Ids of the tokens that close a label (``closer`` then JSON punctuation), cached."""
+        if closer not in self._closers:
+            self._closers[closer] = closing_tokens(*self._vocab_pieces(), closer)
+        return self._closers[closer]
+
+    def _plain(self, text: str) -> list[int]:
+        return self._tokenize(text, add_bos=False, special=False)
+
+    def _prompt_tokens(self, messages: Sequence[Message]) -> tuple[list[int], tuple[str, ...]]:
+        return prompt_tokens(
+            self._template.parts(messages),
+            lambda text, special, bos: self._tokenize(text, add_bos=bos, special=special),
+            add_bos=self._add_bos,
+            bos_text=self._bos_text,
+            n_ctx=self._n_ctx,
+        )
+
+
 def fed_tokens(tail: Sequence[int], closed: bool) -> list[int]:
     """The tokens of a tail that must be fed to read its probability: all but the last,
     plus the last when the closer is read after it."""

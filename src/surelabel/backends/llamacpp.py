@@ -30,7 +30,7 @@ import importlib.resources
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,7 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
-class LlamaCppBackend(BaseBackend):
+class LlamaCppBackend(_scoring.TokenScoring, BaseBackend):
     """A GGUF model run in-process by llama.cpp.
 
     Parameters
@@ -322,36 +322,6 @@ class LlamaCppBackend(BaseBackend):
                 info={"warnings": list(warnings)} if warnings else {},
             )
 
-    def tokenize(self, text: str) -> list[int]:
-        """Token ids of ``text`` as message content or answer text (no special tokens)."""
-        return self._plain(text)
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens of ``text`` as message content or answer text."""
-        return len(self._plain(text))
-
-    def prompt_tokens(self, messages: Sequence[Message]) -> list[int]:
-        """The chat prompt's tokens, as evaluated (after any truncation)."""
-        with self._lock:
-            return self._prompt_tokens(messages)[0]
-
-    def answer_split(
-        self, messages: Sequence[Message], prefix: str, continuations: Sequence[str]
-    ) -> tuple[list[int], list[list[int]], tuple[str, ...]]:
-        """The context every answer shares (prompt + common answer tokens), each answer's
-        remaining tokens, and any truncation warning (see :mod:`surelabel.backends._scoring`)."""
-        prompt, warnings = self._prompt_tokens(messages)
-        shared, tails = _scoring.split_answers(self._plain, prefix, continuations)
-        return prompt + shared, tails, warnings
-
-    def closing_token_ids(self, closer: str) -> NDArray[np.int64]:
-        """Ids of the tokens that close a label (``closer`` then JSON punctuation), cached."""
-        if closer not in self._closers:
-            self._closers[closer] = _scoring.closing_tokens(
-                self._n_vocab, self._piece_bytes, closer
-            )
-        return self._closers[closer]
-
     def forward(self, tokens: Sequence[int], *, all_logits: bool = True) -> np.ndarray:
         """Evaluate ``tokens`` from an empty cache, ``n_batch`` at a time; the logits at
         every position ``(len(tokens), n_vocab)``, or only at the last one
@@ -386,22 +356,13 @@ class LlamaCppBackend(BaseBackend):
         """The chat prompt as text, from the GGUF's own chat template."""
         return self._template.render(messages)
 
-    def _prompt_tokens(self, messages: Sequence[Message]) -> tuple[list[int], tuple[str, ...]]:
-        return _scoring.prompt_tokens(
-            self._template.parts(messages),
-            lambda text, special, bos: self._tokenize(text, add_bos=bos, special=special),
-            add_bos=self._add_bos,
-            bos_text=self._bos_text,
-            n_ctx=self._n_ctx,
-        )
-
     def _tokenize(self, text: str, *, add_bos: bool, special: bool) -> list[int]:
         if not text and not add_bos:
             return []
         return list(self._model.tokenize(text.encode("utf-8"), add_bos, special))
 
-    def _plain(self, text: str) -> list[int]:
-        return self._tokenize(text, add_bos=False, special=False)
+    def _vocab_pieces(self) -> tuple[int, Callable[[int], bytes]]:
+        return self._n_vocab, self._piece_bytes
 
     def _piece_bytes(self, token: int, special: bool = False) -> bytes:
         buf = ctypes.create_string_buffer(64)

@@ -33,7 +33,7 @@ import os
 import re
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,7 +232,7 @@ class _Row:
         return len(self.context) - shared + len(self.layout)
 
 
-class TransformersBackend(BaseBackend):
+class TransformersBackend(_scoring.TokenScoring, BaseBackend):
     """A causal LM run by Hugging Face transformers in PyTorch, on the CPU or a GPU.
 
     Parameters
@@ -634,36 +634,9 @@ class TransformersBackend(BaseBackend):
             raise ValueError("sample: temperature must be above 0")
         return self._generate(messages, "", max_tokens, (), 0, n=n, temperature=temperature)
 
-    def tokenize(self, text: str) -> list[int]:
-        """Token ids of ``text`` as message content or answer text (no special tokens)."""
-        return self._plain(text)
-
-    def count_tokens(self, text: str) -> int:
-        return len(self._plain(text))
-
-    def prompt_tokens(self, messages: Sequence[Message]) -> list[int]:
-        """The chat prompt's tokens, as evaluated (after any truncation)."""
-        return self._prompt_tokens(messages)[0]
-
     def render(self, messages: Sequence[Message]) -> str:
         """The chat prompt as text, from the tokenizer's chat template."""
         return self._template.render(messages)
-
-    def answer_split(
-        self, messages: Sequence[Message], prefix: str, continuations: Sequence[str]
-    ) -> tuple[list[int], list[list[int]], tuple[str, ...]]:
-        """The context every answer shares (prompt + common answer tokens), each answer's
-        remaining tokens, and any truncation warning (see :mod:`surelabel.backends._scoring`)."""
-        prompt, warnings = self._prompt_tokens(messages)
-        shared, tails = _scoring.split_answers(self._plain, prefix, continuations)
-        return prompt + shared, tails, warnings
-
-    def closing_token_ids(self, closer: str) -> NDArray[np.int64]:
-        """Ids of the tokens that close a label (``closer`` then JSON punctuation), cached."""
-        if closer not in self._closers:
-            self._closers[closer] = _scoring.closing_tokens(
-                len(self._pieces), self._pieces.__getitem__, closer)
-        return self._closers[closer]
 
     def forward(self, tokens: Sequence[int], *, all_logits: bool = True) -> np.ndarray:
         """Evaluate ``tokens`` from scratch with the model's own forward pass (no cache, no
@@ -690,6 +663,9 @@ class TransformersBackend(BaseBackend):
 
     # -- tokens -----------------------------------------------------------------------
 
+    def _vocab_pieces(self) -> tuple[int, Callable[[int], bytes]]:
+        return len(self._pieces), self._pieces.__getitem__
+
     def _tokenize(self, text: str, *, add_bos: bool, special: bool) -> list[int]:
         ids: list[int] = []
         if text:
@@ -699,18 +675,6 @@ class TransformersBackend(BaseBackend):
         if add_bos and self._bos_id is not None:
             ids.insert(0, int(self._bos_id))
         return ids
-
-    def _plain(self, text: str) -> list[int]:
-        return self._tokenize(text, add_bos=False, special=False)
-
-    def _prompt_tokens(self, messages: Sequence[Message]) -> tuple[list[int], tuple[str, ...]]:
-        return _scoring.prompt_tokens(
-            self._template.parts(messages),
-            lambda text, special, bos: self._tokenize(text, add_bos=bos, special=special),
-            add_bos=self._add_bos,
-            bos_text=self._bos_text,
-            n_ctx=self._n_ctx,
-        )
 
     # -- evaluation -------------------------------------------------------------------
 
