@@ -75,9 +75,15 @@ def targets(task: Any, rows: list[dict[str, Any]]) -> Any:
     return label_indices(task, [r["label"] for r in rows])
 
 
-def path_of(model: str, name: str, style: str, order: int, rows: int) -> Path:
+def path_of(
+    model: str, name: str, style: str, order: int, rows: int, mode: str | None = None
+) -> Path:
+    """The cache file of a pass. ``mode``: the exact method's multilabel mode, named in a
+    multilabel set's file (``go_emotions.placeholder.independent.o0.n150.npz``); ``None``:
+    the untagged files ``bench_trust.py`` makes, scored sequentially."""
     folder = OUT if model == EMBEDDED else OUT / re.sub(r"[^A-Za-z0-9._-]+", "_", model)
-    return folder / f"{name}.{style}.o{order}.n{rows_of(name, rows)}.npz"
+    tag = f".{mode}" if mode is not None and load_task(name).kind == "multilabel" else ""
+    return folder / f"{name}.{style}{tag}.o{order}.n{rows_of(name, rows)}.npz"
 
 
 @contextlib.contextmanager
@@ -100,16 +106,19 @@ def in_task_order(task: Any, result: Any) -> Any:
 
 
 def ensure_scored(
-    backend: Any, name: str, n_rows: int, style: str, order_index: int, batch: int = 8
+    backend: Any, name: str, n_rows: int, style: str, order_index: int, batch: int = 8,
+    mode: str | None = None,
 ) -> Path | None:
     """Score one (set, style, order) pass if it is not cached; its file (``None`` when the
-    task has fewer label orders than ``order_index + 1``)."""
+    task has fewer label orders than ``order_index + 1``). ``mode``: the multilabel mode
+    (:attr:`surelabel.methods.MethodOptions.multilabel_mode`), ``None``: sequential, in
+    the untagged file."""
     from surelabel import methods
     from surelabel.debias import CONTENT_FREE_INPUTS
     from surelabel.evaluate import result_logprobs
 
     task = load_task(name)
-    target = path_of(backend.model_name, name, style, order_index, n_rows)
+    target = path_of(backend.model_name, name, style, order_index, n_rows, mode)
     orders = methods.label_orders(len(task.labels), 3)
     if order_index >= len(orders):
         return None
@@ -117,7 +126,8 @@ def ensure_scored(
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     permuted = replace(task, labels=tuple(task.labels[i] for i in orders[order_index]))
-    opts = methods.MethodOptions(prompt=style, debias=False)
+    opts = methods.MethodOptions(prompt=style, debias=False,
+                                 multilabel_mode=mode or "sequential")
     method = methods.full_distribution_method(backend.capabilities)
     texts = [str(r["text"]) for r in sample_rows(name, n_rows)]
     with cpu_lock():
@@ -135,8 +145,8 @@ def ensure_scored(
     cf_lp = [result_logprobs(in_task_order(task, r)) for r in cf if not isinstance(r, Exception)]
     np.savez_compressed(target, logprobs=np.stack(out), content_free=np.stack(cf_lp),
                         seconds=seconds, method=method)
-    print(f"{name} {style} order {order_index}: {len(texts)} rows in {seconds:.0f} s "
-          f"({seconds / len(texts):.2f} s/row)", flush=True)
+    print(f"{name} {style} {mode or 'sequential'} order {order_index}: {len(texts)} rows in "
+          f"{seconds:.0f} s ({seconds / len(texts):.2f} s/row)", flush=True)
     return target
 
 

@@ -1,11 +1,13 @@
 """Build and measure the generic (task-independent) calibration of a model.
 
 Every shared set is scored once (cached, see ``_scores.py``) with the default prompt and
-options; a cross-task confidence model (:mod:`surelabel.calibration.generic`) is fitted on
-the answers, and its transfer measured by leaving each task out in turn: fitted on the other
-sets, evaluated on the left-out one (ECE of its answers; share of rows accepted at the
-task's threshold, and the accuracy of those). The map fitted on all sets is written where
-the package ships it (``--write``), or to ``--out``.
+options (the multilabel sets in the library's default multilabel mode, or
+``--multilabel-mode``); a cross-task confidence model
+(:mod:`surelabel.calibration.generic`) is fitted on the answers, and its transfer
+measured by leaving each task out in turn: fitted on the other sets, evaluated on the
+left-out one (ECE of its answers; share of rows accepted at the task's threshold, and the
+accuracy of those). The map fitted on all sets is written where the package ships it
+(``--write``), or to ``--out``.
 
     python bench/bench_generic.py --rows 150 --write          # the embedded model
     python bench/bench_generic.py --backend 'openai:{"base_url": "http://127.0.0.1:8080/v1"}' \\
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +108,7 @@ def task_means_transfer(data: dict[str, Any], names: list[str], l2: float) -> No
 def main() -> None:
     from surelabel.backends.registry import BackendSpec, build_backend
     from surelabel.calibration.generic import FEATURES, fit_generic, shipped_path
-    from surelabel.methods import DEFAULT_OPTIONS, full_distribution_method
+    from surelabel.methods import DEFAULT_OPTIONS, MULTILABEL_MODES, full_distribution_method
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="llamacpp", help="backend spec (default: llamacpp)")
@@ -115,6 +118,10 @@ def main() -> None:
                         help="L2 penalty of the single-label map (default: the library's)")
     parser.add_argument("--l2-yes-no", type=float, default=None,
                         help="L2 penalty of the multilabel yes/no map (default: the library's)")
+    parser.add_argument("--multilabel-mode", choices=MULTILABEL_MODES,
+                        default=DEFAULT_OPTIONS.multilabel_mode,
+                        help="how the multilabel sets are scored (default: the library's, "
+                             f"{DEFAULT_OPTIONS.multilabel_mode})")
     parser.add_argument("--write", action="store_true",
                         help="write the map where the package ships it for this model")
     parser.add_argument("--out", type=Path, help="write the map here")
@@ -126,12 +133,14 @@ def main() -> None:
     backend = build_backend(BackendSpec.parse(args.backend))
     model = backend.model_name
     method = full_distribution_method(backend.capabilities)
-    scoring = DEFAULT_OPTIONS.scoring_key(method)
+    options = replace(DEFAULT_OPTIONS, multilabel_mode=args.multilabel_mode)
+    scoring = options.scoring_key(method)
     debias = bool(scoring["debias"])
     names = [s for s in args.sets.split(",") if s]
     data = {}
     for name in names:
-        path = ensure_scored(backend, name, args.rows, DEFAULT_OPTIONS.prompt, 0)
+        path = ensure_scored(backend, name, args.rows, options.prompt, 0,
+                             mode=options.multilabel_mode)
         assert path is not None
         d = np.load(path)
         task = load_task(name)
@@ -173,9 +182,31 @@ def main() -> None:
           f"{len(set(ece_met) & set(accept_met))}")
     full = fit_generic(model, scoring, sets_except(None), l2=args.l2,
                        l2_yes_no=args.l2_yes_no)
+    # A map ships only if it beats no map on the left-out sets of its kind: a lower mean
+    # ECE, or accepted answers >= 90 % right (or none accepted) on more of them.
+    def safe(m: dict[str, Any]) -> bool:
+        return m["accepted_accuracy"] is None or m["accepted_accuracy"] >= 0.9
+
+    for kind in list(full.maps):
+        mine = [t for n, t in transfer.items() if data[n][3] == (kind == "yes_no")]
+        gen_ece = float(np.mean([t["generic"]["ece"] for t in mine]))
+        raw_ece = float(np.mean([t["raw"]["ece"] for t in mine]))
+        gen_safe = sum(safe(t["generic"]) for t in mine)
+        raw_safe = sum(safe(t["raw"]) for t in mine)
+        verdict = (f"mean ECE {gen_ece:.3f} (none: {raw_ece:.3f}), accepted >= 90 % right on "
+                   f"{gen_safe} of {len(mine)} (none: {raw_safe})")
+        if gen_ece >= raw_ece and gen_safe <= raw_safe:
+            del full.maps[kind]
+            print(f"\nthe {kind} map is left out, no better than none on the left-out sets "
+                  f"of its kind: {verdict}")
+        else:
+            print(f"\nthe {kind} map ships: on the left-out sets of its kind {verdict}")
     full.transfer = {n: {k: t["generic"][k] for k in ("ece", "accept_share",
                                                       "accepted_accuracy")}
                      for n, t in transfer.items()}
+    print("\nthe map fitted on all sets, on each set (in-sample: what a run of that task "
+          "gets by default): " + ", ".join(f"{n} ECE {evaluate(full, data[n])['ece']:.3f}"
+                                           for n in names))
     print("\nstandardized weights of the map fitted on all sets (log-odds of 'right' per "
           "standard deviation of the feature):")
     print("| feature | " + " | ".join(full.maps) + " |")

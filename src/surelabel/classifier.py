@@ -156,7 +156,7 @@ class Classifier:
         "none"``).
     options:
         :class:`~surelabel.methods.MethodOptions`: prompt style, label orders, debiasing,
-        and the samples and temperature of ``sampling``.
+        the multilabel mode of ``exact``, and the samples and temperature of ``sampling``.
     """
 
     def __init__(
@@ -212,11 +212,12 @@ class Classifier:
 
     def _resolve(self, backend: Backend) -> None:
         self._plan = methods.plan(self._requested_method, backend.capabilities)
-        scoring = self.options.scoring_key(self._plan.method)
+        scoring = self.options.scoring_key(self._plan.method, self.task)
         if self._requested_calibrator == "auto":
             generic = load_generic(backend.model_name)
             why = ("no generic calibration is shipped for this model" if generic is None
-                   else generic.check(backend.model_name, scoring))
+                   else generic.check(backend.model_name, scoring)
+                   or generic.missing_map(self.task))
             self.calibrator = generic if why is None else None
             self.generic_skipped = why
         if isinstance(self.calibrator, GenericCalibration):

@@ -204,7 +204,7 @@ def score_labelled(
     scored = Scored(rows=[rows[i] for i in keep], y=y[keep],
                     logprobs=np.stack([raw[i] for i in keep]),  # type: ignore[misc]
                     method=full, content_free=cf, notes=notes,
-                    scoring=(options or methods.DEFAULT_OPTIONS).scoring_key(full))
+                    scoring=(options or methods.DEFAULT_OPTIONS).scoring_key(full, task))
     if seed_ok:
         scored.extra["seed"] = np.stack([seed[i] for i in keep])  # type: ignore[misc]
     return scored
@@ -218,7 +218,8 @@ def from_predictions(path: str, task: Task, rows: list[Row], y: NDArray[Any]) ->
     keep, probs = [], []
     missing = errors = 0
     seen: dict[str, set[Any]] = {"method": set(), "model": set(), "calibrated": set(),
-                                 "debiased": set(), "permutations": set()}
+                                 "debiased": set(), "permutations": set(),
+                                 methods.MULTILABEL_KEY: set()}
     for i, row in enumerate(rows):
         rec = records.get(str(row.id))
         if rec is None:
@@ -239,6 +240,10 @@ def from_predictions(path: str, task: Task, rows: list[Row], y: NDArray[Any]) ->
         seen["calibrated"].add(bool(rec.get("calibrated")))
         seen["debiased"].add(bool(rec.get("debiased")))
         seen["permutations"].add(int(rec.get("permutations") or 1))
+        # Only the exact method on a multilabel task has a mode; a record from before it
+        # was recorded was scored sequentially.
+        seen[methods.MULTILABEL_KEY].add(rec.get(methods.MULTILABEL_KEY)
+                                         or methods.LEGACY_MULTILABEL_MODE)
     if not keep:
         raise InputError(f"{path}: no record matches a labelled row by id")
     for key, values in seen.items():
@@ -255,9 +260,11 @@ def from_predictions(path: str, task: Task, rows: list[Row], y: NDArray[Any]) ->
     p3 = from_task_probabilities(task, np.asarray(probs, dtype=np.float64))
     p3 = p3 / p3.sum(axis=2, keepdims=True)
     # The records do not say the prompt style: the default is assumed.
-    scoring = {**methods.DEFAULT_OPTIONS.scoring_key(method),
+    scoring = {**methods.DEFAULT_OPTIONS.scoring_key(method, task),
                "permutations": next(iter(seen["permutations"])),
                "debias": next(iter(seen["debiased"]))}
+    if methods.MULTILABEL_KEY in scoring:
+        scoring[methods.MULTILABEL_KEY] = next(iter(seen[methods.MULTILABEL_KEY]))
     return Scored(rows=[rows[i] for i in keep], y=y[keep], logprobs=safe_log(p3),
                   method="predictions", notes=notes, scoring=scoring,
                   model=next(iter(seen["model"])), source_method=method,

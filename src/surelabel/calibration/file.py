@@ -18,6 +18,7 @@ from surelabel import prompt
 from surelabel.calibration.registry import FittedCalibrator, calibrator_from_dict
 from surelabel.distribution import LabelDistribution
 from surelabel.errors import CalibrationError
+from surelabel.methods import LEGACY_MULTILABEL_MODE, MULTILABEL_KEY
 from surelabel.routing import RoutingResult, label_set
 from surelabel.task import Task, Thresholds
 
@@ -25,8 +26,11 @@ FORMAT = "surelabel-calibration"
 VERSION = 1
 
 
-#: How files made before the scoring settings were recorded were scored.
-LEGACY_SCORING: dict[str, Any] = {"prompt": "listed", "permutations": 1, "debias": False}
+#: How files made before the scoring settings were recorded were scored. A setting added
+#: later is read from here when a file lacks it: a multilabel file without
+#: ``multilabel_mode`` was fitted on sequential scores.
+LEGACY_SCORING: dict[str, Any] = {"prompt": "listed", "permutations": 1, "debias": False,
+                                  MULTILABEL_KEY: LEGACY_MULTILABEL_MODE}
 
 
 def prompt_hash(task: Task, style: str = prompt.DEFAULT_PROMPT_STYLE) -> str:
@@ -179,7 +183,7 @@ class Calibration:
 
     def check_scoring(self, scoring: dict[str, Any], *, source: str = "calibration") -> None:
         """Refuse distributions scored otherwise (another prompt style, number of label
-        orders, debiasing on or off)."""
+        orders, debiasing on or off, multilabel mode)."""
         for key, value in scoring.items():
             mine = self.scoring.get(key, LEGACY_SCORING.get(key))
             if mine != value:

@@ -249,7 +249,7 @@ def fit_calibration(
         q = conformal_quantile(probs[np.arange(n), yy.astype(int)], alpha)
         conformal = {"alpha": alpha, "quantile": q, "n_calibration": n}
     scoring = dict(scoring) if scoring is not None else DEFAULT_OPTIONS.scoring_key(
-        confidence_method)
+        confidence_method, task)
     assessed = None
     if assess_uncertainty:
         assessed = uncertainty.assess(

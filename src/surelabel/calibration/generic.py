@@ -45,6 +45,7 @@ from surelabel._numeric import FloatArray
 from surelabel.calibration._optim import newton
 from surelabel.distribution import LabelDistribution
 from surelabel.errors import CalibrationError
+from surelabel.methods import LEGACY_MULTILABEL_MODE, MULTILABEL_KEY
 from surelabel.task import YES_NO
 
 FORMAT = "surelabel-generic-calibration"
@@ -245,13 +246,29 @@ class GenericCalibration:
         out = self.predict_proba(p, mass, yes_no)[0]
         return distribution.with_probabilities(out.tolist())
 
+    def missing_map(self, task: Any) -> str | None:
+        """Why it has nothing for ``task``'s kind of answers (no map of that kind was
+        shipped: one that did worse on left-out sets than none is not), or ``None``."""
+        kind = "yes_no" if task.kind == "multilabel" else "labels"
+        if kind in self.maps:
+            return None
+        what = "multilabel yes/no answers" if kind == "yes_no" else "single-label answers"
+        return f"it has no map for {what}"
+
     def check(self, model: str, scoring: dict[str, Any]) -> str | None:
         """Why it does not apply to this run (another model or scoring), or ``None``."""
         if model != self.model:
             return f"it was fitted for model {self.model!r}, not {model!r}"
         for key, value in self.scoring.items():
+            if key == MULTILABEL_KEY and key not in scoring:
+                continue  # the run is not a multilabel task scored exactly: no such setting
             if scoring.get(key) != value:
                 return f"it was fitted on {key} {value!r}, this run uses {scoring.get(key)!r}"
+        # A map from before the multilabel mode was recorded was fitted on sequential scores.
+        mode = scoring.get(MULTILABEL_KEY)
+        if MULTILABEL_KEY not in self.scoring and mode not in (None, LEGACY_MULTILABEL_MODE):
+            return (f"it was fitted on {MULTILABEL_KEY} {LEGACY_MULTILABEL_MODE!r}, this run "
+                    f"uses {mode!r}")
         return None
 
     # -- persistence --------------------------------------------------------------------

@@ -11,7 +11,7 @@ from surelabel.backends import Backend
 from surelabel.backends.base import SAMPLES, SAMPLING_TEMPERATURE
 from surelabel.backends.registry import BackendSpec, backend_factory, build_backend, parse_value
 from surelabel.errors import UserError
-from surelabel.methods import MethodOptions
+from surelabel.methods import DEFAULT_MULTILABEL_MODE, MULTILABEL_MODES, MethodOptions
 from surelabel.prompt import DEFAULT_PROMPT_STYLE, PROMPT_STYLES
 from surelabel.task import Task, Thresholds, load_task
 
@@ -82,6 +82,14 @@ def add_backend_args(parser: argparse.ArgumentParser) -> None:
     scoring.add_argument("--permutations", type=int, default=1, metavar="K",
                          help="score every item under K label orders and average (costs K "
                               "times the scoring; default: 1)")
+    scoring.add_argument("--multilabel-mode", choices=MULTILABEL_MODES,
+                         default=DEFAULT_MULTILABEL_MODE,
+                         help="how the exact method scores a multilabel task: sequential "
+                              "(each label after the answers fixed for the labels before "
+                              "it, one scoring round per label) or independent (every label "
+                              "on its own after the answer's opening, all in one round); "
+                              "other methods generate the whole answer and ignore it "
+                              f"(default: {DEFAULT_MULTILABEL_MODE})")
     debias = scoring.add_mutually_exclusive_group()
     debias.add_argument("--debias", dest="debias", action="store_true",
                         default=MethodOptions().debias,
@@ -154,7 +162,7 @@ def backend_from(args: argparse.Namespace) -> Backend:
 def method_options_from(args: argparse.Namespace) -> MethodOptions:
     return MethodOptions(samples=args.samples, sampling_temperature=args.sampling_temperature,
                          prompt=args.prompt_style, permutations=args.permutations,
-                         debias=args.debias)
+                         debias=args.debias, multilabel_mode=args.multilabel_mode)
 
 
 def _headers(items: list[str]) -> dict[str, str]:

@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
             calibration = load(args.calibration, task, model)
             full = full_distribution_method(backend.capabilities)
             calibration.check_method(full, source=calibration.source)
-            calibration.check_scoring(method_options_from(args).scoring_key(full),
+            calibration.check_scoring(method_options_from(args).scoring_key(full, task),
                                       source=calibration.source)
         scored = score_labelled(backend, task, rows, y, with_seed="seed" in chosen,
                                 quiet=args.quiet, options=method_options_from(args))
