@@ -89,13 +89,20 @@ def default_model_path() -> Path:
 
 
 def default_threads() -> int:
-    """Half the cores, at least one.
+    """Every core.
 
-    llama.cpp's threads wait for each other by spinning: when another busy process (a web
-    server's event loop, a second job) takes one of them off its core, every decode stalls.
-    On a loaded 2-core machine one thread served 5.9x more requests than two
-    (docs/BENCHMARKS.md, review service); the speed lost on an idle machine is smaller.
+    Measured on this 2-core machine with nothing else running (docs/BENCHMARKS.md, "Many
+    labels"): exact scoring at 2 threads took 0.145 s/item at 2 labels and 2.37 at 150,
+    at 1 thread 0.247 and 4.42. llama.cpp's threads wait for each other by spinning, so
+    where another busy process shares the cores, fewer are better: the review service
+    (``surelabel serve``) takes half of them, which served 5.9x more requests than all
+    of them on a loaded 2-core machine (docs/BENCHMARKS.md, review service).
     """
+    return max(1, os.cpu_count() or 1)
+
+
+def shared_threads() -> int:
+    """Half the cores, at least one: for a model that shares them with a busy process."""
     return max(1, (os.cpu_count() or 2) // 2)
 
 
@@ -511,12 +518,30 @@ class LlamaCppBackend(_scoring.TokenScoring, BaseBackend):
     def _score_tries(self, jobs: Sequence[_Job]) -> None:
         """Jobs with the same context (chat prompt and answer prefix: the labels of one
         item) form one :class:`_ItemTrie`, scored by :meth:`_score_item`, one after
-        another. Contexts that differ are not one trie (see the module docstring)."""
-        groups: dict[tuple[int, ...], list[_Job]] = {}
+        another. Contexts that differ are not one trie (see the module docstring).
+
+        Of several items with one context each, each goes to one call: sequence 0 keeps
+        the head they share (or more, what it already holds), the item's own tokens go
+        with its trie. An item with
+        several contexts (its labels scored independently) has the tokens they all share
+        decoded once into sequence 0, then one call per context.
+        """
+        items: dict[tuple[Message, ...], dict[tuple[int, ...], list[_Job]]] = {}
         for job in jobs:
-            groups.setdefault(tuple(job.context), []).append(job)
-        for group in groups.values():
-            item = _ItemTrie(group)
+            items.setdefault(job.messages, {}).setdefault(tuple(job.context), []).append(job)
+        tries: list[tuple[_ItemTrie, bool]] = []
+        for contexts in items.values():
+            these = [_ItemTrie(group) for group in contexts.values()]
+            common = common_prefix_len([t.paths[0].tokens for t in these])
+            for t in these:
+                t.lower_base(common)
+            tries.extend((t, len(these) == 1) for t in these)
+        # What sequence 0 keeps for the next items: the head all of them share.
+        head = common_prefix_len([t.paths[0].tokens for t, _ in tries]) if len(tries) > 1 else 0
+        for item, alone in tries:
+            if alone and head:
+                held = common_prefix_len([self._held[0], item.paths[0].tokens])
+                item.lower_base(max(head, held))
             try:
                 self._score_item(item)
             except BackendError as exc:
@@ -876,6 +901,11 @@ class _ItemTrie:
         if len(self.trie) - self.base < 2 and self.base > 0:
             self.base -= 1  # a call of one token would take another kernel (see _chunks)
         self.base_tokens = paths[0].tokens[: self.base]
+
+    def lower_base(self, base: int) -> None:
+        """Let sequence 0 hold at most ``base`` tokens: the trie call decodes the rest."""
+        self.base = min(self.base, base)
+        self.base_tokens = self.paths[0].tokens[: self.base]
 
     def parts(self, max_paths: int, max_nodes: int) -> list[_Part]:
         """The answers in consecutive groups of at most ``max_paths``, whose nodes below

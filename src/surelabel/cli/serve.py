@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from surelabel.cli.common import add_backend_args, add_db_arg, backend_from, method_options_from
+from surelabel.backends.registry import build_backend
+from surelabel.cli.common import (
+    add_backend_args,
+    add_db_arg,
+    backend_spec_from,
+    method_options_from,
+)
 from surelabel.errors import UserError
 from surelabel.task import load_task
 
@@ -122,7 +128,13 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{name.replace('_', '-')}: must be at least 1")
     tasks = [load_task(path) for path in args.tasks]
     store = Store(args.db)
-    backend = backend_from(args)
+    spec = backend_spec_from(args)
+    if spec.name == "llamacpp" and "n_threads" not in spec.options:
+        # The server's event loop shares the cores with llama.cpp's spinning threads.
+        from surelabel.backends.llamacpp import shared_threads
+
+        spec = spec.with_options(n_threads=shared_threads())
+    backend = build_backend(spec)
     settings = Settings(
         batch_limit=args.batch_limit,
         max_pending=max(args.queue_size, args.batch_limit),
