@@ -20,7 +20,8 @@
    F32 cache; printed: the largest difference of a label probability and log-probability
    from the brute force on at most 16 labels of an item (each answer evaluated alone, from
    an empty cache of the same type, tokens in the cells numbered as their positions). Why
-   the backend decodes items in separate KV streams instead (``backends/llamacpp.py``).
+   the backend's ``trie`` scorer decodes one item per call, never several, and keeps a
+   ``streams`` scorer that matches the brute force bit for bit (``backends/llamacpp.py``).
 
     python bench/numerics.py                 # all parts, a few minutes
 """
