@@ -522,9 +522,9 @@ class LlamaCppBackend(_scoring.TokenScoring, BaseBackend):
 
         Of several items with one context each, each goes to one call: sequence 0 keeps
         the head they share (or more, what it already holds), the item's own tokens go
-        with its trie. An item with
-        several contexts (its labels scored independently) has the tokens they all share
-        decoded once into sequence 0, then one call per context.
+        with its trie. An item with several contexts (its labels scored independently)
+        has the tokens they all share decoded once into sequence 0, then one call per
+        context.
         """
         items: dict[tuple[Message, ...], dict[tuple[int, ...], list[_Job]]] = {}
         for job in jobs:
@@ -552,12 +552,13 @@ class LlamaCppBackend(_scoring.TokenScoring, BaseBackend):
     def _score_item(self, item: _ItemTrie) -> None:
         """Decode one item's token trie over its context.
 
-        Sequence 0 holds the context up to (not including) the last token every answer
-        shares; then that token and every trie node below it go to as few
-        ``llama_decode`` calls as ``n_batch`` allows, each node in the sequence of every
-        answer through it (answer ``j`` of a part is sequence ``j + 1``, which first
-        takes sequence 0's cells). When the answers outnumber the sequences or the free
-        cells, they are scored in parts, a node shared by two parts decoded in each.
+        Sequence 0 holds the item's base (:class:`_ItemTrie`: at most the context up to,
+        not including, the last token every answer shares); every token below it, the
+        trie's nodes, goes to as few ``llama_decode`` calls as ``n_batch`` allows, each
+        node in the sequence of every answer through it (answer ``j`` of a part is
+        sequence ``j + 1``, which first takes sequence 0's cells). When the answers
+        outnumber the sequences or the free cells, they are scored in parts, a node
+        shared by two parts decoded in each.
         """
         self._hold(item.base_tokens)
         budget = self._n_cells - len(item.base_tokens)
@@ -652,6 +653,8 @@ class LlamaCppBackend(_scoring.TokenScoring, BaseBackend):
         for stream, walk in active.items():
             walk.advance(take)
             self._held[stream] = walk.decoded()
+
+    # -- llama.cpp calls ----------------------------------------------------------------
 
     def _fill(self, entries: Sequence[tuple[int, int, int | Sequence[int], bool]]) -> None:
         """Put ``(token, position, sequence or sequences, want logits)`` entries into the
