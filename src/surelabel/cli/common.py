@@ -36,7 +36,7 @@ def add_backend_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--n-ctx", type=int, default=None, metavar="N",
                        help="context window in tokens (llamacpp default: 2048)")
     group.add_argument("--threads", type=int, default=None, metavar="N",
-                       help="CPU threads (llamacpp default: half the cores, at least 1)")
+                       help="CPU threads (llamacpp default: every core; serve: half)")
     group.add_argument("--device", default=None, metavar="DEVICE",
                        help="where a PyTorch model runs (transformers): auto, cpu, cuda, "
                             "cuda:1 ... (default: auto, CUDA when available)")
