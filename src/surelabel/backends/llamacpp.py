@@ -31,7 +31,7 @@ brute force (2e-6 at 150 labels), the log-probability of a label given ~1e-5 mov
 to 0.13, so a distribution normalized over labels that hold 0.5 % of the mass moves by up
 to 4e-4 (``tests/test_llamacpp.py``; docs/BENCHMARKS.md, "Many labels"). Answers whose
 *contexts* differ (a multilabel item's labels scored independently) are never one trie:
-over a stretch of context the same rounding grew to 0.006 in probability.
+over a stretch of context the same rounding grew to 0.006-0.007 in probability.
 """
 
 from __future__ import annotations
@@ -574,7 +574,7 @@ class LlamaCppBackend(_scoring.TokenScoring, BaseBackend):
                 self._decode()
                 for i, (node, *_) in enumerate(chunk):
                     if node >= 0:
-                        item.read(node, self._logits_view(i))
+                        item.read_node(node, self._logits_view(i))
         self._drop_trie()
 
     def _hold(self, tokens: list[int]) -> None:
@@ -759,25 +759,19 @@ class _Path:
         self.points: list[int] = []
 
 
-class _Walk:
-    """The answers of the jobs of one item, decoded in one KV stream: a depth-first walk
-    of their token trie, one answer (root-to-leaf path) after another.
-
-    For each answer in sorted order the stream keeps the tokens it shares with what the
-    stream holds and decodes the rest; a stretch of a single token is widened to two by
-    decoding its predecessor again (see :meth:`LlamaCppBackend._step`).
-    """
+class _Answers:
+    """The answers of some jobs (the labels of one item) as one token trie: each answer's
+    tokens (context, then the label's fed tokens) in sorted order, so that the trie's
+    preorder is the answers' order; the nodes each answer is read at, and the
+    :class:`~surelabel.backends._scoring.Reading` of each node once decoded."""
 
     def __init__(self, jobs: Sequence[_Job]) -> None:
         self.jobs = list(jobs)
-        self.stream = -1
         self.trie = TokenTrie()
-        self.paths: list[_Path] = []
-        for job in jobs:
-            for i, tail in enumerate(job.tails):
-                self.paths.append(
-                    _Path(job, i, job.context + _scoring.fed_tokens(tail, job.closed)))
-        self.paths.sort(key=lambda p: p.tokens)
+        self.paths = sorted(
+            (_Path(job, i, job.context + _scoring.fed_tokens(tail, job.closed))
+             for job in jobs for i, tail in enumerate(job.tails)),
+            key=lambda p: p.tokens)
         for path in self.paths:
             path.nodes = self.trie.insert(path.tokens)
             tail = path.job.tails[path.label]
@@ -790,6 +784,35 @@ class _Walk:
         self.close = {pt[len(p.job.tails[p.label])]: p.job.close
                       for p in self.paths if len(pt := p.points) > len(p.job.tails[p.label])}
         self.readings: dict[int, _scoring.Reading] = {}
+
+    def read_node(self, node: int, logits: np.ndarray) -> None:
+        self.readings[node] = _scoring.read_logits(
+            logits, self.want[node], self.close.get(node) if node in self.closing else None
+        )
+
+    def finish(self) -> None:
+        for path in self.paths:
+            tail = path.job.tails[path.label]
+            path.job.logprobs[path.label] = _scoring.answer_logprob(
+                tail, path.points, self.readings)
+
+    def fail(self, exc: BackendError) -> None:
+        for job in self.jobs:
+            job.error = exc
+
+
+class _Walk(_Answers):
+    """The answers of the jobs of one item, decoded in one KV stream: a depth-first walk
+    of their token trie, one answer (root-to-leaf path) after another.
+
+    For each answer in sorted order the stream keeps the tokens it shares with what the
+    stream holds and decodes the rest; a stretch of a single token is widened to two by
+    decoding its predecessor again (see :meth:`LlamaCppBackend._step`).
+    """
+
+    def __init__(self, jobs: Sequence[_Job]) -> None:
+        super().__init__(jobs)
+        self.stream = -1
         self.index = 0  # the answer being decoded
         self.pos = 0  # its next position to decode
         self._held: list[int] = []
@@ -836,10 +859,7 @@ class _Walk:
         return out
 
     def read(self, at: int, logits: np.ndarray) -> None:
-        node = self.paths[self.index].nodes[at]
-        self.readings[node] = _scoring.read_logits(
-            logits, self.want[node], self.close.get(node) if node in self.closing else None
-        )
+        self.read_node(self.paths[self.index].nodes[at], logits)
 
     def advance(self, take: int) -> None:
         path = self.paths[self.index]
@@ -856,18 +876,8 @@ class _Walk:
         """The tokens the stream holds now."""
         return list(self._held)
 
-    def finish(self) -> None:
-        for path in self.paths:
-            tail = path.job.tails[path.label]
-            path.job.logprobs[path.label] = _scoring.answer_logprob(
-                tail, path.points, self.readings)
 
-    def fail(self, exc: BackendError) -> None:
-        for job in self.jobs:
-            job.error = exc
-
-
-class _ItemTrie:
+class _ItemTrie(_Answers):
     """The answers of the jobs of one item as one token trie (the context included, so
     jobs with other answer prefixes, a multilabel item's subtasks, share what they can).
 
@@ -877,38 +887,20 @@ class _ItemTrie:
     """
 
     def __init__(self, jobs: Sequence[_Job]) -> None:
-        self.jobs = list(jobs)
-        self.trie = TokenTrie()
-        paths = [_Path(job, i, job.context + _scoring.fed_tokens(tail, job.closed))
-                 for job in jobs for i, tail in enumerate(job.tails)]
-        # Sorted, so that the trie's preorder is the answers' order and a part of
-        # consecutive answers is a contiguous stretch of nodes.
-        paths.sort(key=lambda p: p.tokens)
-        for path in paths:
-            path.nodes = self.trie.insert(path.tokens)
-            tail = path.job.tails[path.label]
-            end = path.nodes[len(path.job.context) - 1]
-            path.points = _scoring.read_points(path.nodes, end, tail, path.job.closed)
-        self.paths = paths
-        tails = [p.job.tails[p.label] for p in paths]
-        points = [p.points for p in paths]
-        self.want = _scoring.reads_of(tails, points)
-        self.closing = _scoring.closes_of(tails, points)
-        self.close = {pt[len(p.job.tails[p.label])]: p.job.close
-                      for p in paths if len(pt := p.points) > len(p.job.tails[p.label])}
-        self.readings: dict[int, _scoring.Reading] = {}
-        nodes = self.trie.nodes
-        first_read = min(nodes[n].depth for n in self.want)
-        shared = common_prefix_len([p.tokens for p in paths])
+        super().__init__(jobs)
+        first_read = min(self.trie.nodes[n].depth for n in self.want)
+        shared = common_prefix_len([p.tokens for p in self.paths])
         self.base = min(shared, first_read) - 1
         if len(self.trie) - self.base < 2 and self.base > 0:
             self.base -= 1  # a call of one token would take another kernel (see _chunks)
-        self.base_tokens = paths[0].tokens[: self.base]
+
+    @property
+    def base_tokens(self) -> list[int]:
+        return self.paths[0].tokens[: self.base]
 
     def lower_base(self, base: int) -> None:
         """Let sequence 0 hold at most ``base`` tokens: the trie call decodes the rest."""
         self.base = min(self.base, base)
-        self.base_tokens = self.paths[0].tokens[: self.base]
 
     def parts(self, max_paths: int, max_nodes: int) -> list[_Part]:
         """The answers in consecutive groups of at most ``max_paths``, whose nodes below
@@ -925,21 +917,6 @@ class _ItemTrie:
             part.add(path, new)
         out.append(part)
         return out
-
-    def read(self, node: int, logits: np.ndarray) -> None:
-        self.readings[node] = _scoring.read_logits(
-            logits, self.want[node], self.close.get(node) if node in self.closing else None
-        )
-
-    def finish(self) -> None:
-        for path in self.paths:
-            tail = path.job.tails[path.label]
-            path.job.logprobs[path.label] = _scoring.answer_logprob(
-                tail, path.points, self.readings)
-
-    def fail(self, exc: BackendError) -> None:
-        for job in self.jobs:
-            job.error = exc
 
 
 class _Part:
