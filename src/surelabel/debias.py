@@ -84,7 +84,8 @@ def apply_prior(distribution: LabelDistribution, prior: FloatArray) -> LabelDist
     return LabelDistribution(
         labels=distribution.labels,
         probabilities=tuple(float(p) for p in probs),
-        logprobs=tuple(float(v) for v in shifted),
+        logprobs=tuple(None if name in distribution.unseen else float(v)
+                       for name, v in zip(distribution.labels, shifted)),
         label_mass=distribution.label_mass,
         unseen=distribution.unseen,
         chosen=distribution.chosen,

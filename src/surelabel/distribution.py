@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -56,18 +57,39 @@ class LabelDistribution:
             raise ValueError(f"chosen label {self.chosen!r} is not one of the labels")
 
     @classmethod
-    def from_logprobs(cls, labels: Sequence[str], logprobs: Sequence[float]) -> LabelDistribution:
-        """Normalize joint log-probabilities of complete label answers."""
+    def from_logprobs(
+        cls, labels: Sequence[str], logprobs: Sequence[float], bounded: Sequence[int] = ()
+    ) -> LabelDistribution:
+        """Normalize joint log-probabilities of complete label answers.
+
+        ``bounded``: indices of labels whose entry is not a measurement but their share of
+        an upper bound (a shortlist's cut labels): they become ``unseen``, with no
+        logprob. Should one of them be the most probable, ``chosen`` is the most probable
+        measured label.
+        """
         total = logsumexp(logprobs)
         if total == -math.inf:
             raise ValueError("every label has probability 0")
         probs = tuple(math.exp(lp - total) for lp in logprobs)
-        return cls(
+        cut = set(bounded)
+        dist = cls(
             labels=tuple(labels),
             probabilities=probs,
-            logprobs=tuple(float(lp) for lp in logprobs),
+            logprobs=tuple(None if i in cut else float(lp) for i, lp in enumerate(logprobs)),
             label_mass=min(1.0, math.exp(total)),
+            unseen=tuple(labels[i] for i in sorted(cut)),
         )
+        return dist.choosing_measured() if cut else dist
+
+    def choosing_measured(self) -> LabelDistribution:
+        """The distribution with ``chosen`` the most probable label whose probability was
+        measured, when an ``unseen`` one (a bound) is the most probable; else none."""
+        chosen = None
+        measured = [i for i, name in enumerate(self.labels) if name not in self.unseen]
+        best = max(range(len(self.labels)), key=lambda i: (self.probabilities[i], -i))
+        if measured and self.labels[best] in self.unseen:
+            chosen = self.labels[max(measured, key=lambda i: (self.probabilities[i], -i))]
+        return dataclasses.replace(self, chosen=chosen)
 
     @classmethod
     def from_probabilities(

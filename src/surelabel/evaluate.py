@@ -219,7 +219,7 @@ def from_predictions(path: str, task: Task, rows: list[Row], y: NDArray[Any]) ->
     missing = errors = 0
     seen: dict[str, set[Any]] = {"method": set(), "model": set(), "calibrated": set(),
                                  "debiased": set(), "permutations": set(),
-                                 methods.MULTILABEL_KEY: set()}
+                                 methods.MULTILABEL_KEY: set(), methods.SHORTLIST_KEY: set()}
     for i, row in enumerate(rows):
         rec = records.get(str(row.id))
         if rec is None:
@@ -244,6 +244,7 @@ def from_predictions(path: str, task: Task, rows: list[Row], y: NDArray[Any]) ->
         # was recorded was scored sequentially.
         seen[methods.MULTILABEL_KEY].add(rec.get(methods.MULTILABEL_KEY)
                                          or methods.LEGACY_MULTILABEL_MODE)
+        seen[methods.SHORTLIST_KEY].add(int(rec.get(methods.SHORTLIST_KEY) or 0))
     if not keep:
         raise InputError(f"{path}: no record matches a labelled row by id")
     for key, values in seen.items():
@@ -263,8 +264,9 @@ def from_predictions(path: str, task: Task, rows: list[Row], y: NDArray[Any]) ->
     scoring = {**methods.DEFAULT_OPTIONS.scoring_key(method, task),
                "permutations": next(iter(seen["permutations"])),
                "debias": next(iter(seen["debiased"]))}
-    if methods.MULTILABEL_KEY in scoring:
-        scoring[methods.MULTILABEL_KEY] = next(iter(seen[methods.MULTILABEL_KEY]))
+    for key in (methods.MULTILABEL_KEY, methods.SHORTLIST_KEY):
+        if key in scoring:
+            scoring[key] = next(iter(seen[key]))
     return Scored(rows=[rows[i] for i in keep], y=y[keep], logprobs=safe_log(p3),
                   method="predictions", notes=notes, scoring=scoring,
                   model=next(iter(seen["model"])), source_method=method,

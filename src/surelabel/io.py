@@ -646,6 +646,7 @@ _FIELD_TYPES = {
     "method": "string", "model": "string", "error": "string", "warning": "string",
     "labels": "list<string>", "label_set": "list<string>", "calibrated": "bool",
     "raw_confidence": "float64", "calibration": "string", "confidence_source": "string",
+    "shortlist": "int64", "labels_scored": "int64", "cut_mass": "float64", "cut_bound": "float64",
 }
 
 

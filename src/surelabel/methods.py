@@ -42,6 +42,7 @@ from surelabel.backends.base import (
     Capabilities,
     Generation,
     ScoreRequest,
+    ScoreResult,
 )
 from surelabel.distribution import LabelDistribution
 from surelabel.errors import (
@@ -64,6 +65,8 @@ DEFAULT_MULTILABEL_MODE = "independent"
 #: calibration file without it was fitted on ``sequential`` scores.
 MULTILABEL_KEY = "multilabel_mode"
 LEGACY_MULTILABEL_MODE = "sequential"
+#: The scoring-key entry that says the shortlist (:attr:`MethodOptions.shortlist`).
+SHORTLIST_KEY = "shortlist"
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,19 @@ class MethodOptions:
         on both, raw and debiased, and was better on most other figures
         (docs/CALIBRATION.md, "Multilabel: sequential or independent").
         The other methods generate the whole answer, so it does not apply to them.
+    shortlist:
+        For ``exact`` on a single-label task: score only the labels under the
+        ``shortlist`` most probable first tokens of the answer (of the labels' own, after
+        the start they all share), read after the item (``0``, the default: every
+        label). A cut label is not measured: the cut labels together get an estimate of
+        their mass, ``cut_mass`` (their tokens' probability, ``cut_bound``, an upper
+        bound, times the share of the kept tokens' probability that the scored labels
+        hold), each label its token's part, split evenly; ``label_mass`` includes it.
+        Records say ``shortlist`` (K), ``labels_scored``, ``cut_mass`` and
+        ``cut_bound``; should a cut label come out most probable, the best scored one is
+        chosen, with a warning. For hundreds of labels, where scoring every label costs
+        most (docs/BENCHMARKS.md, "Many labels"); the debiasing prior is estimated with
+        every label scored. Backends that cannot shortlist score every label and say so.
     """
 
     samples: int = SAMPLES
@@ -101,6 +117,7 @@ class MethodOptions:
     permutations: int = 1
     debias: bool | None = None
     multilabel_mode: str = DEFAULT_MULTILABEL_MODE
+    shortlist: int = 0
 
     def __post_init__(self) -> None:
         if self.samples < 1:
@@ -109,6 +126,8 @@ class MethodOptions:
             raise UnsupportedMethodError("sampling temperature: must be above 0")
         if self.permutations < 1:
             raise UnsupportedMethodError("permutations: must be at least 1")
+        if self.shortlist < 0:
+            raise UnsupportedMethodError("shortlist: must be at least 0 (0: every label)")
         prompt.check_style(self.prompt)
         if self.multilabel_mode not in MULTILABEL_MODES:
             raise UnsupportedMethodError(
@@ -125,7 +144,8 @@ class MethodOptions:
 
         ``multilabel_mode`` is part of it for the exact method on a multilabel task, or
         with no ``task`` (a task-independent record such as a generic calibration); it
-        changes nothing for a single-label task or another method.
+        changes nothing for a single-label task or another method. ``shortlist`` likewise,
+        for the exact method on a single-label task (or with no ``task``).
         """
         key: dict[str, Any] = {"prompt": self.prompt, "permutations": self.permutations,
                                "debias": self.debias_for(method)}
@@ -133,6 +153,8 @@ class MethodOptions:
             key.update(samples=self.samples, sampling_temperature=self.sampling_temperature)
         if method == "exact" and (task is None or task.kind == "multilabel"):
             key[MULTILABEL_KEY] = self.multilabel_mode
+        if method == "exact" and (task is None or task.kind != "multilabel"):
+            key[SHORTLIST_KEY] = self.shortlist
         return key
 
 
@@ -217,6 +239,9 @@ def exact_batch(
     errors: list[BackendError | None] = [None] * n
     independent = task.kind == "multilabel" and opts.multilabel_mode == "independent"
     rounds = [task.subtasks] if independent else [(sub,) for sub in task.subtasks]
+    caps = backend.capabilities
+    shortlist = opts.shortlist if task.kind != "multilabel" else 0
+    shortlists: list[dict[str, Any]] = [{} for _ in range(n)]
     for subs in rounds:
         todo = [i for i in range(n) if errors[i] is None]
         if not todo:
@@ -225,7 +250,8 @@ def exact_batch(
         for i in todo:
             for sub in subs:
                 prefix, conts, closer = prompt.subtask_request(task, sub, earlier[i])
-                requests.append(ScoreRequest(messages[i], prefix, tuple(conts), closer))
+                requests.append(ScoreRequest(messages[i], prefix, tuple(conts), closer,
+                                             shortlist if caps.shortlist else 0))
         results = backend.score_batch(requests)
         for k, res in enumerate(results):
             i, sub = todo[k // len(subs)], subs[k % len(subs)]
@@ -237,15 +263,16 @@ def exact_batch(
                 errors[i] = res
                 continue
             warnings[i].extend(w for w in res.warnings if w not in warnings[i])
-            dist = LabelDistribution.from_logprobs(sub.labels, res.logprobs)
+            dist = LabelDistribution.from_logprobs(sub.labels, res.logprobs, bounded=res.cut)
             dists[i].append(dist)
+            if shortlist:
+                shortlists[i] = _shortlist_info(shortlist, dist, res, caps, warnings[i])
             if task.kind == "multilabel" and not independent:
                 earlier[i][sub.name] = dist.label == "true"
     info: dict[str, Any] = {"confidence_source": "logprobs"}
     if task.kind == "multilabel":
         info[MULTILABEL_KEY] = opts.multilabel_mode
     out: list[MethodResult | BackendError] = []
-    caps = backend.capabilities
     for i in range(n):
         error = errors[i]
         if error is not None:
@@ -266,8 +293,20 @@ def exact_batch(
             reason = prompt.trim_reason(gen.text)
         elif want_reason:
             warnings[i].append("no reason: the backend cannot continue a started answer")
-        out.append(_result(task, dists[i], reason, warnings[i], dict(info)))
+        out.append(_result(task, dists[i], reason, warnings[i], {**info, **shortlists[i]}))
     return out
+
+
+def _shortlist_info(
+    k: int, dist: LabelDistribution, res: ScoreResult, caps: Capabilities,
+    warnings: list[str],
+) -> dict[str, Any]:
+    """The record fields that say how a shortlisted item was scored; warns when the
+    backend scored every label."""
+    if not caps.shortlist and "no shortlist: the backend scores every label" not in warnings:
+        warnings.append("no shortlist: the backend scores every label")
+    return {SHORTLIST_KEY: k, "labels_scored": len(dist.labels) - len(res.cut),
+            "cut_mass": round(res.cut_mass, 6), "cut_bound": round(res.cut_bound, 6)}
 
 
 def exact(
@@ -643,12 +682,13 @@ def content_free_prior(
     """The model's prior over each subtask's answers for this task, prompt and method,
     from :data:`surelabel.debias.CONTENT_FREE_INPUTS` (scored once per backend, then
     cached for the backend's lifetime)."""
-    key = (task.fingerprint(), method, dataclasses.replace(options, debias=False))
+    # Every label is scored for the prior, with or without a shortlist.
+    plain = dataclasses.replace(options, debias=False, shortlist=0)
+    key = (task.fingerprint(), method, plain)
     with _priors_lock:
         cache = _priors.setdefault(backend, {})
         if key in cache:
             return cache[key]
-    plain = dataclasses.replace(options, debias=False)
     results = _score(method, backend, task, debias.CONTENT_FREE_INPUTS, False, plain)
     scored = [r.distributions for r in results if isinstance(r, MethodResult)]
     if not scored:
@@ -693,7 +733,7 @@ def run_batch(
     opts = options or DEFAULT_OPTIONS
     results = _score(method, backend, task, texts, want_reason, opts)
     if not opts.debias_for(method) or not texts:
-        return results
+        return [_settle_shortlist(r) for r in results]
     prior = content_free_prior(method, backend, task, opts)
     out: list[MethodResult | BackendError] = []
     for r in results:
@@ -703,4 +743,21 @@ def run_batch(
         dists = [debias.apply_prior(d, p) for d, p in zip(r.distributions, prior)]
         out.append(MethodResult(tuple(dists), r.names, r.reason, r.warnings,
                                 {**r.info, "debiased": True}))
-    return out
+    return [_settle_shortlist(r) for r in out]
+
+
+def _settle_shortlist(result: MethodResult | BackendError) -> MethodResult | BackendError:
+    """A shortlisted result whose most probable label is a cut one (its share of the
+    bound, after debiasing and averaging) chooses the best scored label instead, and
+    says so."""
+    if isinstance(result, BackendError) or not result.info.get("labels_scored"):
+        return result
+    dists = [d.choosing_measured() for d in result.distributions]
+    warnings = list(result.warnings)
+    for d in dists:
+        if d.chosen is not None:
+            warnings.append(f"shortlist: a cut label's share of the cut mass exceeds every "
+                            f"scored label's probability; {d.chosen!r} is the best scored "
+                            "one (raise --shortlist)")
+    return MethodResult(tuple(dists), result.names, result.reason, tuple(warnings),
+                        result.info)

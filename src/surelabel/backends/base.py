@@ -50,6 +50,8 @@ class Capabilities:
     sampling: bool = False
     concurrency: int = 1
     batch_items: int = 1
+    #: Whether :attr:`ScoreRequest.shortlist` is honoured (else every label is scored).
+    shortlist: bool = False
 
     @property
     def logprobs(self) -> bool:
@@ -89,15 +91,30 @@ class ScoreRequest:
     prefix: str
     continuations: tuple[str, ...]
     closer: str = ""
+    #: Score only the continuations under the ``shortlist`` most probable first tokens
+    #: (read after the context); ``0``: all of them. Honoured where
+    #: :attr:`Capabilities.shortlist` says so; see :attr:`ScoreResult.cut`.
+    shortlist: int = 0
 
 
 @dataclass(frozen=True)
 class ScoreResult:
-    """Log-probabilities of continuations given the same context."""
+    """Log-probabilities of continuations given the same context.
+
+    With a shortlist (:attr:`ScoreRequest.shortlist`), ``cut`` lists the continuations not
+    scored. ``cut_bound`` is the probability of their first tokens of their own: an upper
+    bound of their total probability. ``cut_mass`` is an estimate, the bound times the
+    share of the kept tokens' probability that the scored continuations hold; each cut
+    continuation's ``logprobs`` entry is its part of that estimate (its token's share,
+    split evenly among the continuations under it), not a measurement.
+    """
 
     logprobs: tuple[float, ...]
     prompt_tokens: int = 0
     warnings: tuple[str, ...] = ()
+    cut: tuple[int, ...] = ()
+    cut_mass: float = 0.0
+    cut_bound: float = 0.0
 
 
 @runtime_checkable

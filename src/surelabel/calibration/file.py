@@ -18,7 +18,7 @@ from surelabel import prompt
 from surelabel.calibration.registry import FittedCalibrator, calibrator_from_dict
 from surelabel.distribution import LabelDistribution
 from surelabel.errors import CalibrationError
-from surelabel.methods import LEGACY_MULTILABEL_MODE, MULTILABEL_KEY
+from surelabel.methods import LEGACY_MULTILABEL_MODE, MULTILABEL_KEY, SHORTLIST_KEY
 from surelabel.routing import RoutingResult, label_set
 from surelabel.task import Task, Thresholds
 
@@ -30,7 +30,7 @@ VERSION = 1
 #: later is read from here when a file lacks it: a multilabel file without
 #: ``multilabel_mode`` was fitted on sequential scores.
 LEGACY_SCORING: dict[str, Any] = {"prompt": "listed", "permutations": 1, "debias": False,
-                                  MULTILABEL_KEY: LEGACY_MULTILABEL_MODE}
+                                  MULTILABEL_KEY: LEGACY_MULTILABEL_MODE, SHORTLIST_KEY: 0}
 
 
 def prompt_hash(task: Task, style: str = prompt.DEFAULT_PROMPT_STYLE) -> str:

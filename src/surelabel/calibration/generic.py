@@ -45,7 +45,7 @@ from surelabel._numeric import FloatArray
 from surelabel.calibration._optim import newton
 from surelabel.distribution import LabelDistribution
 from surelabel.errors import CalibrationError
-from surelabel.methods import LEGACY_MULTILABEL_MODE, MULTILABEL_KEY
+from surelabel.methods import LEGACY_MULTILABEL_MODE, MULTILABEL_KEY, SHORTLIST_KEY
 from surelabel.task import YES_NO
 
 FORMAT = "surelabel-generic-calibration"
@@ -262,6 +262,12 @@ class GenericCalibration:
         for key, value in self.scoring.items():
             if key == MULTILABEL_KEY and key not in scoring:
                 continue  # the run is not a multilabel task scored exactly: no such setting
+            if key == SHORTLIST_KEY:
+                # A shortlist leaves the scored labels exact and gives the cut ones an
+                # estimate that errs high, so the top confidence is at most a little
+                # above exact's, mostly below (docs/BENCHMARKS.md, "Many labels"): the
+                # task-independent map applies with or without one.
+                continue
             if scoring.get(key) != value:
                 return f"it was fitted on {key} {value!r}, this run uses {scoring.get(key)!r}"
         # A map from before the multilabel mode was recorded was fitted on sequential scores.

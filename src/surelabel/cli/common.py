@@ -90,6 +90,13 @@ def add_backend_args(parser: argparse.ArgumentParser) -> None:
                               "on its own after the answer's opening, all in one round); "
                               "other methods generate the whole answer and ignore it "
                               f"(default: {DEFAULT_MULTILABEL_MODE})")
+    scoring.add_argument("--shortlist", type=int, default=0, metavar="K",
+                         help="exact method, single-label task: score only the labels under "
+                              "the K most probable first tokens of the answer; the others "
+                              "share an estimate of their mass, and records say "
+                              "labels_scored, cut_mass (the estimate) and cut_bound (its "
+                              "upper bound) (default: 0, every label; for hundreds of "
+                              "labels)")
     debias = scoring.add_mutually_exclusive_group()
     debias.add_argument("--debias", dest="debias", action="store_true",
                         default=MethodOptions().debias,
@@ -162,7 +169,8 @@ def backend_from(args: argparse.Namespace) -> Backend:
 def method_options_from(args: argparse.Namespace) -> MethodOptions:
     return MethodOptions(samples=args.samples, sampling_temperature=args.sampling_temperature,
                          prompt=args.prompt_style, permutations=args.permutations,
-                         debias=args.debias, multilabel_mode=args.multilabel_mode)
+                         debias=args.debias, multilabel_mode=args.multilabel_mode,
+                         shortlist=args.shortlist)
 
 
 def _headers(items: list[str]) -> dict[str, str]:
