@@ -49,7 +49,7 @@ bench: install
 	$(PY) bench/bench_openai.py --rows 60
 	$(PY) bench/bench_ray.py --rows 200
 	$(PY) bench/bench_backends.py
-	$(PY) bench/bench_labels.py --rows 100 --plot docs/img/labels.png
+	$(PY) bench/bench_labels.py --rows 100 --json bench/results/labels/r100.json --plot docs/img/labels.png
 	$(PY) bench/bench_labels.py --rows 20 --methods streams --sizes 2,150 --no-long
 
 bench-quality: install

@@ -13,7 +13,10 @@ binary task (item tokens / best prefill tokens per second), and for each label s
 label trie's size (tokens after the shared answer prefix, each shared token once).
 ``exact`` is the llama.cpp backend's default ``trie`` scorer (each item's label trie in one
 decode call); ``streams`` is exact with its ``streams`` scorer (bit for bit the brute
-force, items side by side, hundreds of small calls per item at 150 labels).
+force, items side by side, hundreds of small calls per item at 150 labels);
+``shortlist`` is exact with ``--shortlist K`` (default 16: only the labels under the K
+most probable first tokens scored), printed with how often it gives exact's label, the
+labels it scored and the estimated cut mass (means over the items).
 
 Prints a Markdown table; ``--json`` writes the figures, ``--plot`` draws seconds per item
 against the number of labels (matplotlib).
@@ -27,12 +30,14 @@ import os
 import sys
 import time
 from pathlib import Path
+from statistics import mean
 from typing import Any
 
 from surelabel import prompt
 from surelabel.backends._scoring import LabelTrie
 from surelabel.backends.llamacpp import LlamaCppBackend, default_threads
-from surelabel.classifier import Classifier
+from surelabel.classifier import Classifier, Record
+from surelabel.methods import MethodOptions
 from surelabel.task import Task, load_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,9 +69,13 @@ def trie_tokens(backend: LlamaCppBackend, task: Task) -> int:
     return len(LabelTrie(tails, closed=True)) + 1
 
 
-def run(backend: LlamaCppBackend, task: Task, method: str, texts: list[str]) -> float:
+def run(
+    backend: LlamaCppBackend, task: Task, method: str, texts: list[str], shortlist: int = 0
+) -> tuple[float, list[Record]]:
+    """Seconds per item, and the records."""
     clf = Classifier(task, backend, method="seed" if method == "seed" else "exact",
-                     reason=False)
+                     reason=False,
+                     options=MethodOptions(shortlist=shortlist if method == "shortlist" else 0))
     clf.classify_many(texts[:1], progress=False)  # warm: debiasing prior, cached head
     start = time.perf_counter()
     records = clf.classify_many(texts, progress=False)
@@ -74,7 +83,20 @@ def run(backend: LlamaCppBackend, task: Task, method: str, texts: list[str]) -> 
     errors = [r.error for r in records if r.error]
     if len(errors) == len(records):
         raise SystemExit(f"{task.name} {method}: every row failed ({errors[0]})")
-    return elapsed / len(texts)
+    return elapsed / len(texts), records
+
+
+def shortlist_figures(short: list[Record], exact: list[Record] | None) -> dict[str, float]:
+    """How the shortlist's records compare: the share giving exact's label, the mean
+    labels scored and estimated cut mass, and the mean confidence gap to exact."""
+    out = {"labels_scored": mean(float(r.extra.get("labels_scored") or 0) for r in short),
+           "cut_mass": mean(float(r.extra.get("cut_mass") or 0.0) for r in short)}
+    if exact is not None:
+        pairs = [(s, e) for s, e in zip(short, exact) if not s.error and not e.error]
+        out["same_label"] = mean(float(s.label == e.label) for s, e in pairs)
+        out["confidence_gap"] = mean((s.confidence or 0.0) - (e.confidence or 0.0)
+                                     for s, e in pairs)
+    return out
 
 
 def prefill_limit(backend: LlamaCppBackend, task: Task, texts: list[str]) -> dict[str, float]:
@@ -100,8 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=100)
     parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
-    parser.add_argument("--methods", default="exact,seed",
-                        help="exact (trie scorer), streams (exact, streams scorer), seed")
+    parser.add_argument("--methods", default="exact,seed,shortlist",
+                        help="exact (trie scorer), streams (exact, streams scorer), seed, "
+                             "shortlist (exact with --shortlist)")
+    parser.add_argument("--shortlist", type=int, default=16, metavar="K",
+                        help="first tokens the shortlist method keeps (default: 16)")
     parser.add_argument("--no-long", action="store_true", help="skip the long-descriptions case")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
@@ -113,8 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         parser.error("--sizes: comma-separated integers")
     methods = args.methods.split(",")
-    if any(m not in ("exact", "streams", "seed") for m in methods):
-        parser.error("--methods: exact, streams and/or seed")
+    if any(m not in ("exact", "streams", "seed", "shortlist") for m in methods):
+        parser.error("--methods: exact, streams, seed and/or shortlist")
+    if args.shortlist < 1:
+        parser.error("--shortlist: at least 1")
     with open(DATA) as fh:
         texts = [json.loads(line)["text"] for line in fh][: args.rows]
     backend = LlamaCppBackend(n_threads=args.threads)
@@ -131,15 +158,21 @@ def main(argv: list[str] | None = None) -> int:
         row: dict[str, Any] = {"labels": k, "long": long, "trie_tokens": trie_tokens(backend, task),
                                "prompt_tokens": len(backend.prompt_tokens(
                                    prompt.messages(task, "")))}
+        records: dict[str, list[Record]] = {}
         for m in methods:
-            row[m] = run(streams if m == "streams" and streams else backend, task, m, texts)
+            row[m], records[m] = run(streams if m == "streams" and streams else backend,
+                                     task, m, texts, args.shortlist)
             print(f"{task.name} {m}: {row[m]:.3f} s/item", file=sys.stderr)
+        if "shortlist" in records:
+            row["shortlist_figures"] = shortlist_figures(records["shortlist"],
+                                                         records.get("exact"))
         out["cases"].append(row)
     out["load_after"] = os.getloadavg()
     backend.close()
     if streams is not None:
         streams.close()
     pre = out["prefill"]
+    out["shortlist_k"] = args.shortlist
     print(f"prefill: {pre['prefill_tokens_per_s']:.0f} tokens/s; binary item "
           f"{pre['item_tokens']:.1f} tokens -> prefill limit {pre['limit_s']:.3f} s/item; "
           f"load {out['load_before']} -> {out['load_after']}")
@@ -154,6 +187,18 @@ def main(argv: list[str] | None = None) -> int:
         seed_x = f"{row['seed'] / row['exact']:.2f}x" if "seed" in row and "exact" in row else "-"
         print(f"| {name} | {row['prompt_tokens']} | {row['trie_tokens']} | {cells} | {rel} "
               f"| {seed_x} |")
+    if "shortlist" in methods:
+        print(f"\nshortlist, K = {args.shortlist} first tokens (means over the items):\n")
+        print("| labels | labels scored | estimated cut mass | same label as exact "
+              "| confidence - exact's |")
+        print("|---|---|---|---|---|")
+        for row in out["cases"]:
+            f = row["shortlist_figures"]
+            name = f"{row['labels']}{' (long descriptions)' if row['long'] else ''}"
+            same = f"{f['same_label']:.0%}" if "same_label" in f else "-"
+            gap = f"{f['confidence_gap']:+.3f}" if "confidence_gap" in f else "-"
+            print(f"| {name} | {f['labels_scored']:.1f} | {f['cut_mass']:.4f} | {same} "
+                  f"| {gap} |")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     if args.plot:
