@@ -266,7 +266,7 @@ def exact_batch(
             dist = LabelDistribution.from_logprobs(sub.labels, res.logprobs, bounded=res.cut)
             dists[i].append(dist)
             if shortlist:
-                shortlists[i] = _shortlist_info(shortlist, dist, res, caps, warnings[i])
+                shortlists[i] = _shortlist_info(shortlist, res, caps, warnings[i])
             if task.kind == "multilabel" and not independent:
                 earlier[i][sub.name] = dist.label == "true"
     info: dict[str, Any] = {"confidence_source": "logprobs"}
@@ -298,14 +298,13 @@ def exact_batch(
 
 
 def _shortlist_info(
-    k: int, dist: LabelDistribution, res: ScoreResult, caps: Capabilities,
-    warnings: list[str],
+    k: int, res: ScoreResult, caps: Capabilities, warnings: list[str]
 ) -> dict[str, Any]:
     """The record fields that say how a shortlisted item was scored; warns when the
     backend scored every label."""
-    if not caps.shortlist and "no shortlist: the backend scores every label" not in warnings:
+    if not caps.shortlist:
         warnings.append("no shortlist: the backend scores every label")
-    return {SHORTLIST_KEY: k, "labels_scored": len(dist.labels) - len(res.cut),
+    return {SHORTLIST_KEY: k, "labels_scored": len(res.logprobs) - len(res.cut),
             "cut_mass": round(res.cut_mass, 6), "cut_bound": round(res.cut_bound, 6)}
 
 
@@ -750,7 +749,7 @@ def _settle_shortlist(result: MethodResult | BackendError) -> MethodResult | Bac
     """A shortlisted result whose most probable label is a cut one (its share of the
     bound, after debiasing and averaging) chooses the best scored label instead, and
     says so."""
-    if isinstance(result, BackendError) or not result.info.get("labels_scored"):
+    if isinstance(result, BackendError) or SHORTLIST_KEY not in result.info:
         return result
     dists = [d.choosing_measured() for d in result.distributions]
     warnings = list(result.warnings)

@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from surelabel._numeric import log_softmax
+from surelabel._numeric import PROBABILITY_FLOOR, log_softmax
 from surelabel.backends import _scoring
 from surelabel.backends._scoring import TokenTrie, common_prefix_len
 from surelabel.backends.base import (
@@ -605,15 +605,12 @@ class LlamaCppBackend(_scoring.TokenScoring, BaseBackend):
         log-probability set to an even share of its token's
         (:attr:`~surelabel.backends.base.ScoreResult.cut`).
         """
-        shared = item.shared_tokens
         nodes = item.paths[0].nodes
-        reads = {nodes[at - 1] for at in range(len(item.jobs[0].context), len(shared) + 1)}
 
         def read(at: int, logits: np.ndarray) -> None:
             item.read_node(nodes[at], logits)
 
-        self._hold(shared, read_from=len(item.jobs[0].context) - 1, on_read=read)
-        assert reads <= item.readings.keys()
+        self._hold(item.shared_tokens, read_from=len(item.jobs[0].context) - 1, on_read=read)
         item.cut_to(item.jobs[0].shortlist)
 
     def _hold(
@@ -807,7 +804,7 @@ class _Job:
         # the cut tokens' labels are taken to hold the same share of theirs.
         cut = {i for _, labels in self.cut_under for i in labels}
         kept = sum(math.exp(lp) for i, lp in enumerate(self.logprobs) if i not in cut)
-        share = math.log(min(1.0, kept / self.kept_first))
+        share = math.log(min(1.0, max(kept / self.kept_first, PROBABILITY_FLOOR)))
         logprobs = list(self.logprobs)
         for lp, labels in self.cut_under:
             for i in labels:
