@@ -1,6 +1,8 @@
-"""The shortlist stage of exact scoring (``--shortlist K``): only the labels under the K
-most probable first tokens are scored, on the real bundled model, held to the brute force;
-the cut labels' estimate and bound; records, debiasing prior, backends that cannot."""
+"""The shortlist stage of exact scoring (``--shortlist K``): only the labels under the most
+probable first tokens are scored, K tokens a round until the best scored label beats every
+cut one's bound, on the real bundled model, held to the brute force; the bias debiasing
+ranks by; the cut labels' estimate and bound; records, debiasing prior, backends that
+cannot."""
 
 from __future__ import annotations
 
@@ -40,9 +42,9 @@ DISHES = Task.from_dict({
 TEXTS = ["grilled tofu with rice", "beef stew", "a warm bowl of tomato broth"]
 
 
-def _request(task: Task, text: str, k: int) -> ScoreRequest:
+def _request(task: Task, text: str, k: int, bias: tuple[float, ...] = ()) -> ScoreRequest:
     return ScoreRequest(tuple(prompt.messages(task, text)), prompt.answer_prefix(task),
-                        tuple(prompt.continuations(task)), prompt.closer(task), k)
+                        tuple(prompt.continuations(task)), prompt.closer(task), k, bias)
 
 
 def _first_tokens(backend: LlamaCppBackend, req: ScoreRequest) -> tuple[float, list[int], Any]:
@@ -57,37 +59,96 @@ def _first_tokens(backend: LlamaCppBackend, req: ScoreRequest) -> tuple[float, l
     return start, [t[split] for t in tails], rows[-1]
 
 
+def _check_rounds(backend: LlamaCppBackend, req: ScoreRequest, res: ScoreResult) -> list[int]:
+    """Hold a shortlisted result to the brute force: the first tokens ranked by their
+    probability plus the largest bias under them, the kept labels those under the first
+    K, 2K, ... of them (a round that would be one trie node takes one token more) for the
+    fewest rounds whose best scored label (plus its bias) beats every token left; the
+    kept labels within 1e-4; the bound and the estimate of the cut mass. Returns the kept
+    labels."""
+    k = req.shortlist
+    n = len(req.continuations)
+    bias = req.shortlist_bias or (0.0,) * n
+    start, own, lp = _first_tokens(backend, req)
+    ref = reference_score(backend, req.messages, req.prefix, req.continuations,
+                          closer=req.closer)
+    top = {t: max(bias[i] for i in range(n) if own[i] == t) for t in set(own)}
+    ranked = sorted(top, key=lambda t: -(lp[t] + top[t]))
+    _, tails, _ = backend.answer_split(req.messages, req.prefix, req.continuations)
+    split = common_prefix_len(tails)
+
+    def nodes(tokens: list[int]) -> int:
+        """Trie nodes below the shared start of the labels under ``tokens``."""
+        return len({tuple(tails[i][:j]) for i in range(n) if own[i] in tokens
+                    for j in range(split + 1, len(tails[i]) + 1)})
+
+    m = 0
+    while True:
+        take = m + k
+        # A round of a single node takes the next token too (no one-token decode call).
+        while nodes(ranked[m:take]) < 2 and take < len(ranked):
+            take += 1
+        m = take
+        if m >= len(ranked) or (max(ref[i] + bias[i] for i in range(n) if own[i] in ranked[:m])
+                                >= start + lp[ranked[m]] + top[ranked[m]]):
+            break
+    kept = [i for i, t in enumerate(own) if t in ranked[:m]]
+    assert sorted(set(range(n)) - set(res.cut)) == kept
+    # The label the caller chooses (log-probability plus bias, every label scored) is kept.
+    assert max(range(n), key=lambda i: ref[i] + bias[i]) in kept
+    for i in kept:
+        assert abs(math.exp(res.logprobs[i]) - math.exp(ref[i])) < 1e-4
+    if not res.cut:
+        return kept
+    # The bound: the probability of the shared start times that of the cut tokens.
+    assert res.cut_bound == pytest.approx(sum(math.exp(start + lp[t]) for t in ranked[m:]),
+                                          rel=1e-3)
+    # The estimate: the bound times the kept labels' share of the kept tokens.
+    kept_first = sum(math.exp(start + lp[t]) for t in ranked[:m])
+    share = sum(math.exp(res.logprobs[i]) for i in kept) / kept_first
+    assert res.cut_mass == pytest.approx(res.cut_bound * min(1.0, share), rel=1e-3)
+    assert res.cut_mass <= res.cut_bound
+    assert sum(math.exp(res.logprobs[i]) for i in res.cut) == pytest.approx(res.cut_mass)
+    return kept
+
+
 @pytest.mark.model
 def test_shortlist_scores_the_labels_under_the_top_first_tokens_exactly(
     backend: LlamaCppBackend,
 ) -> None:
-    k = 3
-    reqs = [_request(DISHES, t, k) for t in TEXTS]
-    results = backend.score_batch(reqs)
-    for req, res in zip(reqs, results):
-        assert isinstance(res, ScoreResult), res
-        start, own, lp = _first_tokens(backend, req)
-        # The shortlist ranks the labels' own first tokens as the model does.
-        ranked = sorted(set(own), key=lambda t: -lp[t])
-        kept = [i for i, t in enumerate(own) if t in ranked[:k]]
-        assert sorted(set(range(10)) - set(res.cut)) == kept
-        assert len(kept) > k - 1 and res.cut, "some labels are cut, the top ones kept"
-        # The kept labels: exact, within 1e-4 of the brute force.
-        slow = reference_score(backend, req.messages, req.prefix,
-                               [req.continuations[i] for i in kept], closer=req.closer)
-        for i, ref in zip(kept, slow):
-            assert abs(math.exp(res.logprobs[i]) - math.exp(ref)) < 1e-4
-        # The bound: the probability of the shared start times that of the cut tokens.
-        bound = sum(math.exp(start + lp[t]) for t in ranked[k:])
-        assert res.cut_bound == pytest.approx(bound, rel=1e-3)
-        # The estimate: the bound times the kept labels' share of the kept tokens.
-        kept_first = sum(math.exp(start + lp[t]) for t in ranked[:k])
-        share = sum(math.exp(res.logprobs[i]) for i in kept) / kept_first
-        assert res.cut_mass == pytest.approx(res.cut_bound * min(1.0, share), rel=1e-3)
-        assert res.cut_mass <= res.cut_bound
-        assert sum(math.exp(res.logprobs[i]) for i in res.cut) == pytest.approx(res.cut_mass)
-        # "vegetable" and "vegetarian" share their token, so they are kept or cut together.
-        assert (0 in res.cut) == (1 in res.cut)
+    rounds, cut = set(), set()
+    for k in (1, 3):
+        reqs = [_request(DISHES, t, k) for t in TEXTS]
+        for req, res in zip(reqs, backend.score_batch(reqs)):
+            assert isinstance(res, ScoreResult), res
+            kept = _check_rounds(backend, req, res)
+            # "vegetable" and "vegetarian" share their token: kept or cut together.
+            assert (0 in res.cut) == (1 in res.cut)
+            rounds.add(len({t for i, t in enumerate(_first_tokens(backend, req)[1])
+                            if i in kept}) > k)
+            cut.add(bool(res.cut))
+    assert rounds == {True, False}, "one round settles some items, others take more"
+    assert True in cut, "some labels are cut"
+
+
+@pytest.mark.model
+def test_a_biased_shortlist_keeps_the_label_the_bias_favours(backend: LlamaCppBackend) -> None:
+    """A bias (debiasing's minus log prior) ranks a label the model finds unlikely first,
+    and the shortlist scores enough labels for the biased choice to be a scored one."""
+    plain_req = _request(DISHES, TEXTS[1], 1)
+    _, own, lp = _first_tokens(backend, plain_req)
+    last = min(range(10), key=lambda i: lp[own[i]])  # the least probable first token
+    bias = tuple(float(lp.max() - lp[own[last]] + 5.0) if i == last else 0.0
+                 for i in range(10))
+    req = _request(DISHES, TEXTS[1], 1, bias)
+    # One call each: requests with the same messages and context are one trie, scored whole.
+    plain, res = backend.score_batch([plain_req])[0], backend.score_batch([req])[0]
+    assert isinstance(res, ScoreResult) and isinstance(plain, ScoreResult)
+    assert last in plain.cut and last not in res.cut
+    _check_rounds(backend, plain_req, plain)
+    _check_rounds(backend, req, res)
+    with pytest.raises(ValueError, match="one entry per continuation"):
+        backend.score_batch([_request(DISHES, TEXTS[1], 1, (1.0,))])
 
 
 @pytest.mark.model
@@ -125,7 +186,8 @@ def test_records_say_how_the_shortlist_scored(backend: LlamaCppBackend) -> None:
         assert 0 < out["cut_mass"] <= out["cut_bound"]
         assert sum(rec.probabilities.values()) == pytest.approx(1.0)  # type: ignore[union-attr]
         assert out["debiased"] is True
-        assert rec.label is not None and rec.label in ref.probabilities  # type: ignore[operator]
+        # Ranked and settled as debiasing chooses: the label of every label scored.
+        assert rec.label == ref.label
     # The debiasing prior is estimated with every label scored: one prior for both runs.
     plain = MethodOptions()
     assert (methods.content_free_prior("exact", backend, DISHES, MethodOptions(shortlist=2))
@@ -137,7 +199,7 @@ def test_records_say_how_the_shortlist_scored(backend: LlamaCppBackend) -> None:
 def test_shortlist_at_150_labels_against_the_exact_streams(backend: LlamaCppBackend) -> None:
     """clinc150's 150 intents with K = 16: the kept labels within 1e-4 of the streams
     scorer (bit for bit the brute force), the most probable label among them, and the
-    estimate of the cut mass within its bound."""
+    estimate of the cut mass within its bound; debiased, the label of exact scoring."""
     task = load_task(ROOT / "bench" / "tasks" / "clinc150.yaml")
     texts = ["how do i say thank you in french", "what is my bank balance",
              "set an alarm for 7 am"]
@@ -154,6 +216,12 @@ def test_shortlist_at_150_labels_against_the_exact_streams(backend: LlamaCppBack
         assert max(abs(math.exp(a.logprobs[i]) - math.exp(b.logprobs[i])) for i in kept) < 1e-4
         assert max(range(150), key=a.logprobs.__getitem__) in kept
         assert 0 < b.cut_mass <= b.cut_bound
+    # Debiased and calibrated, as users run it: the label of every label scored.
+    short_clf = Classifier(task, backend, reason=False, options=MethodOptions(shortlist=16))
+    full_clf = Classifier(task, backend, reason=False)
+    for x, y in zip(short_clf.classify_many(texts, progress=False),
+                    full_clf.classify_many(texts, progress=False)):
+        assert x.error is None and x.label == y.label
 
 
 def test_backends_that_cannot_shortlist_score_every_label_and_say_so() -> None:

@@ -27,7 +27,7 @@ import json
 import math
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,18 +97,26 @@ class MethodOptions:
         (docs/CALIBRATION.md, "Multilabel: sequential or independent").
         The other methods generate the whole answer, so it does not apply to them.
     shortlist:
-        For ``exact`` on a single-label task: score only the labels under the
-        ``shortlist`` most probable first tokens of the answer (of the labels' own, after
-        the start they all share), read after the item (``0``, the default: every
-        label). A cut label is not measured: the cut labels together get an estimate of
-        their mass, ``cut_mass`` (their tokens' probability, ``cut_bound``, an upper
-        bound, times the share of the kept tokens' probability that the scored labels
-        hold), each label its token's part, split evenly; ``label_mass`` includes it.
-        Records say ``shortlist`` (K), ``labels_scored``, ``cut_mass`` and
-        ``cut_bound``; should a cut label come out most probable, the best scored one is
-        chosen, with a warning. For hundreds of labels, where scoring every label costs
-        most (docs/BENCHMARKS.md, "Many labels"); the debiasing prior is estimated with
-        every label scored. Backends that cannot shortlist score every label and say so.
+        For ``exact`` on a single-label task: score only the labels under the most
+        probable first tokens of the answer (of the labels' own, after the start they all
+        share), read after the item, ``shortlist`` tokens a round, ranked as the label
+        will be chosen (with debiasing, each token's probability divided by the smallest
+        prior under it), until the best scored label beats the upper bound of every label
+        left: so the label is the one scoring every label gives (up to the 1e-4 of the
+        trie; with ``permutations``, per label order; a task calibration that weighs
+        labels, such as ``dirichlet``, may still move it). ``0``, the default: every
+        label.
+        A cut label is not measured: the cut labels together get an estimate of their
+        mass, ``cut_mass`` (their tokens' probability, ``cut_bound``, an upper bound,
+        times the share of the kept tokens' probability that the scored labels hold),
+        each label its token's part, split evenly; ``label_mass`` includes it, and the
+        chosen label's confidence is lower than with every label scored by up to the
+        estimate. Records say ``shortlist`` (K), ``labels_scored``, ``cut_mass`` and
+        ``cut_bound``; should a cut label still come out most probable (permutation
+        averaging), the best scored one is chosen, with a warning. For hundreds of labels,
+        where scoring every label costs most (docs/BENCHMARKS.md, "Many labels"); the
+        debiasing prior is estimated with every label scored. Backends that cannot
+        shortlist score every label and say so.
     """
 
     samples: int = SAMPLES
@@ -218,6 +226,8 @@ def exact_batch(
     texts: Sequence[str],
     want_reason: bool,
     options: MethodOptions | None = None,
+    *,
+    bias: Mapping[str, float] | None = None,
 ) -> list[MethodResult | BackendError]:
     """Exact probability of every label by teacher forcing, for several texts at once.
 
@@ -229,6 +239,10 @@ def exact_batch(
     which the model itself writes them; in ``independent`` mode every label is scored
     right after ``{"field": {``, so all labels of all items go in one round. A text whose
     scoring fails gets its error in its place.
+
+    ``bias`` (label name -> log weight; debiasing's minus log prior) is what the caller
+    will add to each label's log-probability before choosing: a shortlist ranks by it and
+    scores enough labels for the best to be a scored one.
     """
     opts = options or DEFAULT_OPTIONS
     n = len(texts)
@@ -250,8 +264,10 @@ def exact_batch(
         for i in todo:
             for sub in subs:
                 prefix, conts, closer = prompt.subtask_request(task, sub, earlier[i])
-                requests.append(ScoreRequest(messages[i], prefix, tuple(conts), closer,
-                                             shortlist if caps.shortlist else 0))
+                k = shortlist if caps.shortlist else 0
+                weights = tuple(bias[name] for name in sub.labels) if bias and k else ()
+                requests.append(ScoreRequest(messages[i], prefix, tuple(conts), closer, k,
+                                             weights))
         results = backend.score_batch(requests)
         for k, res in enumerate(results):
             i, sub = todo[k // len(subs)], subs[k % len(subs)]
@@ -620,9 +636,10 @@ def _run(
     texts: Sequence[str],
     want_reason: bool,
     options: MethodOptions,
+    bias: Mapping[str, float] | None = None,
 ) -> list[MethodResult | BackendError]:
     if method == "exact":
-        return exact_batch(backend, task, texts, want_reason, options)
+        return exact_batch(backend, task, texts, want_reason, options, bias=bias)
     fn = METHODS[method]
     out: list[MethodResult | BackendError] = []
     for text in texts:
@@ -640,6 +657,7 @@ def _permuted(
     texts: Sequence[str],
     want_reason: bool,
     options: MethodOptions,
+    bias: Mapping[str, float] | None = None,
 ) -> list[MethodResult | BackendError]:
     """Permutation averaging: each label order scores every text (all texts under one order
     before the next, so each order's shared prompt is evaluated once per batch)."""
@@ -648,7 +666,7 @@ def _permuted(
     for j, order in enumerate(orders):
         permuted = _reordered(task, order) if j else task
         runs.append((permuted, _run(method, backend, permuted, texts, want_reason and j == 0,
-                                    options)))
+                                    options, bias)))
     out: list[MethodResult | BackendError] = []
     for i in range(len(texts)):
         first = runs[0][1][i]
@@ -707,10 +725,11 @@ def _score(
     texts: Sequence[str],
     want_reason: bool,
     options: MethodOptions,
+    bias: Mapping[str, float] | None = None,
 ) -> list[MethodResult | BackendError]:
     if options.permutations > 1:
-        return _permuted(method, backend, task, texts, want_reason, options)
-    return _run(method, backend, task, texts, want_reason, options)
+        return _permuted(method, backend, task, texts, want_reason, options, bias)
+    return _run(method, backend, task, texts, want_reason, options, bias)
 
 
 def run_batch(
@@ -730,10 +749,15 @@ def run_batch(
     prior is divided out and the result says ``"debiased": true``.
     """
     opts = options or DEFAULT_OPTIONS
-    results = _score(method, backend, task, texts, want_reason, opts)
-    if not opts.debias_for(method) or not texts:
+    debiased = opts.debias_for(method) and bool(texts)
+    if not debiased:
+        results = _score(method, backend, task, texts, want_reason, opts)
         return [_settle_shortlist(r) for r in results]
     prior = content_free_prior(method, backend, task, opts)
+    # A shortlist ranks the labels as debiasing will: by log-probability minus log prior.
+    bias = ({name: -math.log(float(p)) for name, p in zip(task.subtasks[0].labels, prior[0])}
+            if opts.shortlist and method == "exact" and task.kind != "multilabel" else None)
+    results = _score(method, backend, task, texts, want_reason, opts, bias)
     out: list[MethodResult | BackendError] = []
     for r in results:
         if isinstance(r, BackendError):

@@ -91,10 +91,18 @@ class ScoreRequest:
     prefix: str
     continuations: tuple[str, ...]
     closer: str = ""
-    #: Score only the continuations under the ``shortlist`` most probable first tokens
-    #: (read after the context); ``0``: all of them. Honoured where
+    #: Score only the continuations under the most probable first tokens (read after the
+    #: context), ``shortlist`` tokens at a time: the ``shortlist`` first, then the next
+    #: ``shortlist`` until the best scored continuation (its log-probability plus its
+    #: ``shortlist_bias``) beats every cut token's probability (plus the largest bias
+    #: under it), an upper bound of each cut continuation's; so the continuation the
+    #: caller chooses is a scored one. ``0``: all of them. Honoured where
     #: :attr:`Capabilities.shortlist` says so; see :attr:`ScoreResult.cut`.
     shortlist: int = 0
+    #: Per continuation, what the caller adds to its log-probability before choosing
+    #: (debiasing: minus the log of its prior); the shortlist ranks first tokens by their
+    #: log-probability plus the largest bias under them. ``()``: no bias.
+    shortlist_bias: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

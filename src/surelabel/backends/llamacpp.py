@@ -24,12 +24,16 @@ Two scorers, both decoding each token that several labels share once (``scorer=`
 
 **Shortlist** (``ScoreRequest.shortlist``, ``--shortlist K``; ``trie`` only). The item and
 the answer start every label shares are decoded first, alone, and read: the probability of
-each label's first token of its own. Only the labels under the K most probable of those go
-into the trie; the others are cut (``ScoreResult.cut``), their probability not measured but
-estimated: their tokens' probability (``cut_bound``, an upper bound of theirs) times the
-share of the kept tokens' probability that the kept labels turned out to hold
-(``cut_mass``). At 150 labels and K = 16 that scores ~29 labels instead of 150; the kept
-labels stay within 1e-4 of the brute force (``tests/test_shortlist.py``).
+each label's first token of its own, an upper bound of the probability of every label
+under it. The tokens are ranked by it (plus the largest ``shortlist_bias`` under each, the
+caller's debiasing), and the labels under the first K go into the trie; then the next K,
+round after round, until the best scored label (plus its bias) beats the bound of every
+token left, so the label the caller chooses is a scored one. The labels left are cut
+(``ScoreResult.cut``), their probability not measured but estimated: their tokens'
+probability (``cut_bound``, an upper bound of theirs) times the share of the kept tokens'
+probability that the kept labels turned out to hold (``cut_mass``). The kept labels stay
+within 1e-4 of the brute force (``tests/test_shortlist.py``); docs/BENCHMARKS.md, "Many
+labels", has how many are scored and what it costs.
 
 **How exact.** The brute force evaluates each answer alone, its tokens in the cells
 numbered as their positions; ``streams`` reproduces that bit for bit. In a ``trie`` the
@@ -477,7 +481,11 @@ class LlamaCppBackend(_scoring.TokenScoring, BaseBackend):
         close = self.closing_token_ids(request.closer) if request.closer else None
         if request.shortlist < 0:
             raise ValueError("score: shortlist must be at least 0")
-        return _Job(request.messages, context, tails, close, warnings, request.shortlist)
+        bias = request.shortlist_bias or (0.0,) * len(tails)
+        if len(bias) != len(tails):
+            raise ValueError("score: shortlist_bias must have one entry per continuation")
+        return _Job(request.messages, context, tails, close, warnings, request.shortlist,
+                    bias)
 
     def _score_jobs(self, jobs: Sequence[_Job]) -> None:
         """Fill each job's ``logprobs`` (or its ``error``).
@@ -558,7 +566,8 @@ class LlamaCppBackend(_scoring.TokenScoring, BaseBackend):
             try:
                 if alone and item.shortlisted:
                     self._shortlist(item)
-                self._score_item(item)
+                else:
+                    self._score_item(item)
             except BackendError as exc:
                 item.fail(exc)
             else:
@@ -595,14 +604,17 @@ class LlamaCppBackend(_scoring.TokenScoring, BaseBackend):
         self._drop_trie()
 
     def _shortlist(self, item: _ItemTrie) -> None:
-        """Keep only the answers under the item's most probable first tokens.
+        """Score only the answers under the item's most probable first tokens, enough of
+        them for the best answer to be a scored one.
 
         The tokens every answer shares (the context, and the start of the answers all of
         them have, such as `` "``) are decoded alone into sequence 0, and read where the
-        answers are: so the probability of each answer's first token of its own is known.
-        The answers under the ``shortlist`` most probable of those tokens stay in the trie
-        (:meth:`_score_item` decodes them); each other answer is cut, its
-        log-probability set to an even share of its token's
+        answers are: so the probability of each answer's first token of its own is known,
+        an upper bound of the probability of every answer under it. The first tokens are
+        ranked by it (plus the largest bias under each), and the answers under the next
+        ``shortlist`` of them go to :meth:`_score_item`, round after round, until the best
+        scored answer (plus its bias) beats the bound of every token left; each answer
+        left is cut, its log-probability an estimate
         (:attr:`~surelabel.backends.base.ScoreResult.cut`).
         """
         nodes = item.paths[0].nodes
@@ -611,7 +623,11 @@ class LlamaCppBackend(_scoring.TokenScoring, BaseBackend):
             item.read_node(nodes[at], logits)
 
         self._hold(item.shared_tokens, read_from=len(item.jobs[0].context) - 1, on_read=read)
-        item.cut_to(item.jobs[0].shortlist)
+        item.rank_first_tokens()
+        while item.extend():
+            self._score_item(item)
+            if item.settled():
+                break
 
     def _hold(
         self,
@@ -780,6 +796,7 @@ class _Job:
         close: NDArray[np.int64] | None,
         warnings: tuple[str, ...],
         shortlist: int = 0,
+        bias: Sequence[float] = (),
     ) -> None:
         self.messages = messages
         self.context = context
@@ -788,6 +805,7 @@ class _Job:
         self.closed = close is not None
         self.warnings = warnings
         self.shortlist = shortlist
+        self.bias = tuple(bias) or (0.0,) * len(tails)
         self.logprobs = [0.0] * len(tails)
         #: A shortlist's cut tokens: ``(log P(token), the labels under it)``.
         self.cut_under: list[tuple[float, list[int]]] = []
@@ -853,6 +871,8 @@ class _Answers:
         self.close = {pt[len(p.job.tails[p.label])]: p.job.close
                       for p in self.paths if len(pt := p.points) > len(p.job.tails[p.label])}
         self.readings: dict[int, _scoring.Reading] = {}
+        #: The answers whose log-probability :meth:`finish` gives (a shortlist's kept).
+        self.scored = list(self.paths)
 
     def read_node(self, node: int, logits: np.ndarray) -> None:
         self.readings[node] = _scoring.read_logits(
@@ -860,10 +880,12 @@ class _Answers:
         )
 
     def finish(self) -> None:
-        for path in self.paths:
-            tail = path.job.tails[path.label]
-            path.job.logprobs[path.label] = _scoring.answer_logprob(
-                tail, path.points, self.readings)
+        for path in self.scored:
+            path.job.logprobs[path.label] = self.logprob(path)
+
+    def logprob(self, path: _Path) -> float:
+        """The answer's log-probability, from the readings of its nodes."""
+        return _scoring.answer_logprob(path.job.tails[path.label], path.points, self.readings)
 
     def fail(self, exc: BackendError) -> None:
         for job in self.jobs:
@@ -989,25 +1011,69 @@ class _ItemTrie(_Answers):
         return (all(len(t) > split for t in tails)
                 and len({t[split] for t in tails}) > self.jobs[0].shortlist)
 
-    def cut_to(self, k: int) -> None:
-        """Keep the answers under the ``k`` most probable own first tokens (read: the
-        nodes of :attr:`shared_tokens`); cut the others, giving each an even share of
-        its token's probability. Sequence 0 then holds the shared tokens (the base)."""
+    def rank_first_tokens(self) -> None:
+        """Rank the answers' own first tokens (read: the nodes of :attr:`shared_tokens`)
+        by their log-probability plus the largest bias of the answers under them, and cut
+        every answer; :meth:`extend` keeps them back, a round at a time. Sequence 0 then
+        holds the shared tokens (the base)."""
         job, split = self.jobs[0], self._split
         points = self.paths[0].points
-        start = sum(self.readings[points[j]].tokens[job.tails[0][j]] for j in range(split))
+        self._start_lp = sum(self.readings[points[j]].tokens[job.tails[0][j]]
+                             for j in range(split))
         own = self.readings[points[split]]
-        under: dict[int, list[_Path]] = {}
+        self._under: dict[int, list[_Path]] = {}
         for path in self.paths:
-            under.setdefault(job.tails[path.label][split], []).append(path)
-        ranked = sorted(under, key=lambda t: (-own.tokens[t], t))
-        kept = set(ranked[:k])
-        job.kept_first = sum(math.exp(start + own.tokens[t]) for t in kept)
-        for token in ranked[k:]:
-            job.cut_under.append((start + own.tokens[token],
-                                  [p.label for p in under[token]]))
-        self.paths = [p for p in self.paths if job.tails[p.label][split] in kept]
+            self._under.setdefault(job.tails[path.label][split], []).append(path)
+        # Each token's bound: log P(shared start, token) plus the largest bias under it,
+        # at least what any answer under it can score (its log-probability plus its bias).
+        self._bound = {t: self._start_lp + own.tokens[t]
+                       + max(job.bias[p.label] for p in paths)
+                       for t, paths in self._under.items()}
+        self._own = {t: self._start_lp + own.tokens[t] for t in self._under}
+        self._ranked = sorted(self._under, key=lambda t: (-self._bound[t], t))
+        self._kept = 0
+        self.scored = []
+        self.paths = []
         self.base = len(self.shared_tokens)
+
+    def extend(self) -> bool:
+        """Put the answers under the next ``shortlist`` ranked tokens in :attr:`paths`
+        (what :meth:`LlamaCppBackend._score_item` decodes next), more when they are a
+        single node below the base (a call of one token takes another kernel, see
+        :func:`_chunks`). False when no token is left."""
+        job = self.jobs[0]
+        if self._kept >= len(self._ranked):
+            return False
+        take = self._kept + job.shortlist
+        nodes = self._nodes_below(take)
+        while nodes < 2 and take < len(self._ranked):
+            take += 1
+            nodes = self._nodes_below(take)
+        paths = [p for t in self._ranked[self._kept : take] for p in self._under[t]]
+        self._kept = take
+        self.paths = sorted(paths, key=lambda p: p.tokens)
+        self.scored.extend(self.paths)
+        self.base = len(self.shared_tokens) - (1 if nodes < 2 else 0)
+        job.kept_first = sum(math.exp(self._own[t]) for t in self._ranked[:take])
+        job.cut_under = [(self._own[t], [p.label for p in self._under[t]])
+                         for t in self._ranked[take:]]
+        return True
+
+    def _nodes_below(self, take: int) -> int:
+        """The trie nodes below the shared tokens of the answers of the next round, were
+        it to take the ranked tokens up to ``take``."""
+        base = len(self.shared_tokens)
+        return len({n for t in self._ranked[self._kept : take]
+                    for p in self._under[t] for n in p.nodes[base:]})
+
+    def settled(self) -> bool:
+        """Whether the best scored answer (its log-probability plus its bias) is at least
+        the bound of every token left, so that no cut answer can beat it."""
+        if self._kept >= len(self._ranked):
+            return True
+        bias = self.jobs[0].bias
+        best = max(self.logprob(p) + bias[p.label] for p in self.scored)
+        return best >= self._bound[self._ranked[self._kept]]
 
     def lower_base(self, base: int) -> None:
         """Let sequence 0 hold at most ``base`` tokens: the trie call decodes the rest."""

@@ -92,11 +92,13 @@ def add_backend_args(parser: argparse.ArgumentParser) -> None:
                               f"(default: {DEFAULT_MULTILABEL_MODE})")
     scoring.add_argument("--shortlist", type=int, default=0, metavar="K",
                          help="exact method, single-label task: score only the labels under "
-                              "the K most probable first tokens of the answer; the others "
-                              "share an estimate of their mass, and records say "
-                              "labels_scored, cut_mass (the estimate) and cut_bound (its "
-                              "upper bound) (default: 0, every label; for hundreds of "
-                              "labels)")
+                              "the most probable first tokens of the answer, K tokens a "
+                              "round until the best scored label beats every cut label's "
+                              "upper bound (so the label is the one scoring every label "
+                              "gives); the cut ones share an estimate of their mass, and "
+                              "records say labels_scored, cut_mass (the estimate) and "
+                              "cut_bound (its upper bound) (default: 0, every label; for "
+                              "hundreds of labels)")
     debias = scoring.add_mutually_exclusive_group()
     debias.add_argument("--debias", dest="debias", action="store_true",
                         default=MethodOptions().debias,
