@@ -481,11 +481,10 @@ class LlamaCppBackend(_scoring.TokenScoring, BaseBackend):
         close = self.closing_token_ids(request.closer) if request.closer else None
         if request.shortlist < 0:
             raise ValueError("score: shortlist must be at least 0")
-        bias = request.shortlist_bias or (0.0,) * len(tails)
-        if len(bias) != len(tails):
+        if request.shortlist_bias and len(request.shortlist_bias) != len(tails):
             raise ValueError("score: shortlist_bias must have one entry per continuation")
         return _Job(request.messages, context, tails, close, warnings, request.shortlist,
-                    bias)
+                    request.shortlist_bias)
 
     def _score_jobs(self, jobs: Sequence[_Job]) -> None:
         """Fill each job's ``logprobs`` (or its ``error``).
@@ -984,6 +983,16 @@ class _ItemTrie(_Answers):
         self.base = min(shared, first_read) - 1
         if len(self.trie) - self.base < 2 and self.base > 0:
             self.base -= 1  # a call of one token would take another kernel (see _chunks)
+        # A shortlist's state (:meth:`rank_first_tokens`): the log-probability of the start
+        # every answer shares; per own first token, the answers under it, its
+        # log-probability and its bound (plus the largest bias under it); the tokens
+        # ranked by bound, and how many of them are kept.
+        self._start_lp = 0.0
+        self._under: dict[int, list[_Path]] = {}
+        self._own: dict[int, float] = {}
+        self._bound: dict[int, float] = {}
+        self._ranked: list[int] = []
+        self._kept = 0
 
     @property
     def base_tokens(self) -> list[int]:
@@ -1021,7 +1030,7 @@ class _ItemTrie(_Answers):
         self._start_lp = sum(self.readings[points[j]].tokens[job.tails[0][j]]
                              for j in range(split))
         own = self.readings[points[split]]
-        self._under: dict[int, list[_Path]] = {}
+        self._under = {}
         for path in self.paths:
             self._under.setdefault(job.tails[path.label][split], []).append(path)
         # Each token's bound: log P(shared start, token) plus the largest bias under it,
