@@ -142,6 +142,11 @@ class MethodOptions:
                 f"multilabel mode: unknown mode {self.multilabel_mode!r}; expected one of "
                 f"{', '.join(MULTILABEL_MODES)}")
 
+    def shortlist_for(self, method: str, task: Task) -> int:
+        """The shortlist that applies to ``method`` on ``task`` (exact on a single-label
+        task; else 0, every label)."""
+        return self.shortlist if method == "exact" and task.kind != "multilabel" else 0
+
     def debias_for(self, method: str) -> bool:
         """Whether debiasing applies to ``method`` (the default: exact only)."""
         return method == "exact" if self.debias is None else self.debias
@@ -254,7 +259,7 @@ def exact_batch(
     independent = task.kind == "multilabel" and opts.multilabel_mode == "independent"
     rounds = [task.subtasks] if independent else [(sub,) for sub in task.subtasks]
     caps = backend.capabilities
-    shortlist = opts.shortlist if task.kind != "multilabel" else 0
+    shortlist = opts.shortlist_for("exact", task)
     shortlists: list[dict[str, Any]] = [{} for _ in range(n)]
     for subs in rounds:
         todo = [i for i in range(n) if errors[i] is None]
@@ -756,7 +761,7 @@ def run_batch(
     prior = content_free_prior(method, backend, task, opts)
     # A shortlist ranks the labels as debiasing will: by log-probability minus log prior.
     bias = ({name: -math.log(float(p)) for name, p in zip(task.subtasks[0].labels, prior[0])}
-            if opts.shortlist and method == "exact" and task.kind != "multilabel" else None)
+            if opts.shortlist_for(method, task) else None)
     results = _score(method, backend, task, texts, want_reason, opts, bias)
     out: list[MethodResult | BackendError] = []
     for r in results:

@@ -627,6 +627,7 @@ class LlamaCppBackend(_scoring.TokenScoring, BaseBackend):
             self._score_item(item)
             if item.settled():
                 break
+        item.cut_rest()
 
     def _hold(
         self,
@@ -983,16 +984,17 @@ class _ItemTrie(_Answers):
         self.base = min(shared, first_read) - 1
         if len(self.trie) - self.base < 2 and self.base > 0:
             self.base -= 1  # a call of one token would take another kernel (see _chunks)
-        # A shortlist's state (:meth:`rank_first_tokens`): the log-probability of the start
-        # every answer shares; per own first token, the answers under it, its
-        # log-probability and its bound (plus the largest bias under it); the tokens
-        # ranked by bound, and how many of them are kept.
-        self._start_lp = 0.0
+        # A shortlist's state (:meth:`rank_first_tokens`): how many tokens every answer
+        # shares; per own first token, the answers under it, log P(shared start, token)
+        # and its bound (plus the largest bias under it); the tokens ranked by bound, how
+        # many of them are kept, and the best scored answer's log-probability plus bias.
+        self._shared = 0
         self._under: dict[int, list[_Path]] = {}
         self._own: dict[int, float] = {}
         self._bound: dict[int, float] = {}
         self._ranked: list[int] = []
         self._kept = 0
+        self._best = -math.inf
 
     @property
     def base_tokens(self) -> list[int]:
@@ -1027,23 +1029,22 @@ class _ItemTrie(_Answers):
         holds the shared tokens (the base)."""
         job, split = self.jobs[0], self._split
         points = self.paths[0].points
-        self._start_lp = sum(self.readings[points[j]].tokens[job.tails[0][j]]
-                             for j in range(split))
+        start = sum(self.readings[points[j]].tokens[job.tails[0][j]] for j in range(split))
         own = self.readings[points[split]]
         self._under = {}
         for path in self.paths:
             self._under.setdefault(job.tails[path.label][split], []).append(path)
-        # Each token's bound: log P(shared start, token) plus the largest bias under it,
-        # at least what any answer under it can score (its log-probability plus its bias).
-        self._bound = {t: self._start_lp + own.tokens[t]
-                       + max(job.bias[p.label] for p in paths)
+        self._own = {t: start + own.tokens[t] for t in self._under}
+        # Each token's bound: at least what any answer under it can score (its
+        # log-probability plus its bias).
+        self._bound = {t: self._own[t] + max(job.bias[p.label] for p in paths)
                        for t, paths in self._under.items()}
-        self._own = {t: self._start_lp + own.tokens[t] for t in self._under}
         self._ranked = sorted(self._under, key=lambda t: (-self._bound[t], t))
         self._kept = 0
+        self._best = -math.inf
         self.scored = []
         self.paths = []
-        self.base = len(self.shared_tokens)
+        self._shared = self.base = len(self.shared_tokens)
 
     def extend(self) -> bool:
         """Put the answers under the next ``shortlist`` ranked tokens in :attr:`paths`
@@ -1062,27 +1063,31 @@ class _ItemTrie(_Answers):
         self._kept = take
         self.paths = sorted(paths, key=lambda p: p.tokens)
         self.scored.extend(self.paths)
-        self.base = len(self.shared_tokens) - (1 if nodes < 2 else 0)
-        job.kept_first = sum(math.exp(self._own[t]) for t in self._ranked[:take])
-        job.cut_under = [(self._own[t], [p.label for p in self._under[t]])
-                         for t in self._ranked[take:]]
+        self.base = self._shared - (1 if nodes < 2 else 0)
         return True
 
     def _nodes_below(self, take: int) -> int:
         """The trie nodes below the shared tokens of the answers of the next round, were
         it to take the ranked tokens up to ``take``."""
-        base = len(self.shared_tokens)
         return len({n for t in self._ranked[self._kept : take]
-                    for p in self._under[t] for n in p.nodes[base:]})
+                    for p in self._under[t] for n in p.nodes[self._shared :]})
 
     def settled(self) -> bool:
-        """Whether the best scored answer (its log-probability plus its bias) is at least
-        the bound of every token left, so that no cut answer can beat it."""
-        if self._kept >= len(self._ranked):
-            return True
+        """Whether the best scored answer so far (its log-probability plus its bias; the
+        round just decoded is read) is at least the bound of every token left, so that no
+        cut answer can beat it."""
         bias = self.jobs[0].bias
-        best = max(self.logprob(p) + bias[p.label] for p in self.scored)
-        return best >= self._bound[self._ranked[self._kept]]
+        self._best = max([self._best, *(self.logprob(p) + bias[p.label] for p in self.paths)])
+        return (self._kept >= len(self._ranked)
+                or self._best >= self._bound[self._ranked[self._kept]])
+
+    def cut_rest(self) -> None:
+        """Tell the job which answers stay cut, under which tokens, and the probability
+        of the tokens kept (what :meth:`_Job.result` estimates the cut mass from)."""
+        job = self.jobs[0]
+        job.kept_first = sum(math.exp(self._own[t]) for t in self._ranked[: self._kept])
+        job.cut_under = [(self._own[t], [p.label for p in self._under[t]])
+                         for t in self._ranked[self._kept :]]
 
     def lower_base(self, base: int) -> None:
         """Let sequence 0 hold at most ``base`` tokens: the trie call decodes the rest."""
